@@ -1,0 +1,385 @@
+/* tcptrace-bpf kernel side: keeps each socket's handshake in a bounded map and emits one
+ * record per resolved open. Compiled by bcc with -D flags built in tcptrace_bpf/loader.py:
+ *   BACKEND_TRACEPOINT | BACKEND_KPROBE | BACKEND_FENTRY   which hooks to build
+ *   OFF_*                 struct offsets from the running kernel's BTF (header offsets otherwise)
+ *   MAX_SOCKETS, RINGBUF_PAGES, TCPTRACE_EVENTS
+ * Every read of a kernel struct goes through an OFF_* offset: header layouts can be wrong
+ * for the running kernel (see README "Why BTF offsets"). */
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/in.h>
+#include <net/sock.h>
+#include <net/inet_sock.h>
+#include <net/request_sock.h>
+#include <linux/tcp.h>
+#include <net/tcp.h>
+#include "tcptrace.h"
+
+#ifndef MAX_SOCKETS
+#define MAX_SOCKETS 65536
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 512
+#endif
+
+/* Header fallbacks, used only when the kernel has no BTF. */
+#ifndef OFF_SKC_DADDR
+#define OFF_SKC_DADDR offsetof(struct sock_common, skc_daddr)
+#define OFF_SKC_RCV_SADDR offsetof(struct sock_common, skc_rcv_saddr)
+#define OFF_SKC_DPORT offsetof(struct sock_common, skc_dport)
+#define OFF_SKC_NUM offsetof(struct sock_common, skc_num)
+#define OFF_INET_SPORT offsetof(struct inet_sock, inet_sport)
+#define OFF_SKC_FAMILY offsetof(struct sock_common, skc_family)
+#define OFF_SKC_STATE offsetof(struct sock_common, skc_state)
+#define OFF_SKC_V6_DADDR offsetof(struct sock_common, skc_v6_daddr)
+#define OFF_SKC_V6_RCV_SADDR offsetof(struct sock_common, skc_v6_rcv_saddr)
+#define OFF_SKC_NET offsetof(struct sock_common, skc_net)
+#define OFF_NET_NS_INUM offsetof(struct net, ns.inum)
+#define OFF_NET_SYNACK_RETRIES offsetof(struct net, ipv4.sysctl_tcp_synack_retries)
+#define OFF_SK_ERR offsetof(struct sock, sk_err)
+#define OFF_ICSK_SYN_RETRIES offsetof(struct inet_connection_sock, icsk_syn_retries)
+#define OFF_TCP_TOTAL_RETRANS offsetof(struct tcp_sock, total_retrans)
+#define OFF_TCP_SRTT_US offsetof(struct tcp_sock, srtt_us)
+#define OFF_SKB_CB offsetof(struct sk_buff, cb)
+#define OFF_TCB_TCP_FLAGS offsetof(struct tcp_skb_cb, tcp_flags)
+#define OFF_REQ_NUM_RETRANS offsetof(struct request_sock, num_retrans)
+#define OFF_TREQ_SNT_SYNACK offsetof(struct tcp_request_sock, snt_synack)
+#endif
+#ifndef OFF_TCP_TOTAL_RTO_TIME
+#define OFF_TCP_TOTAL_RTO_TIME -1 /* absent before 6.7; then passive_us uses srtt only */
+#endif
+
+#define TT_RST 0x04
+#define TT_SYN 0x02
+#define TT_ACK 0x10
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* key: socket address. A reused address always starts with an open transition, which
+ * replaces (and counts) any stale entry, and tcp_destroy_sock deletes it. */
+BPF_HASH(opens, u64, struct tcptrace_record, MAX_SOCKETS);
+BPF_PERCPU_ARRAY(stats, u64, TT_STAT_MAX);
+
+static __always_inline void count(int idx)
+{
+	u64 *v = stats.lookup(&idx);
+	if (v)
+		(*v)++;
+}
+
+#define TT_READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(base) + (off))
+
+/* Local port: a full socket's inet_sport survives inet_put_port() at CLOSE (skc_num does
+ * not); a request socket has only skc_num. Zero ports (not yet bound) never overwrite. */
+static __always_inline void read_tuple(void *sk, struct tcptrace_record *r, bool is_req)
+{
+	u16 family = 0, sport = 0, dport = 0;
+	TT_READ(family, sk, OFF_SKC_FAMILY);
+	TT_READ(dport, sk, OFF_SKC_DPORT);
+	if (is_req) {
+		TT_READ(sport, sk, OFF_SKC_NUM);
+	} else {
+		TT_READ(sport, sk, OFF_INET_SPORT);
+		sport = ntohs(sport);
+	}
+	r->family = family;
+	if (sport)
+		r->sport = sport;
+	if (dport)
+		r->dport = ntohs(dport);
+	if (family == AF_INET6) {
+		TT_READ(r->saddr, sk, OFF_SKC_V6_RCV_SADDR);
+		TT_READ(r->daddr, sk, OFF_SKC_V6_DADDR);
+	} else {
+		bpf_probe_read_kernel(r->saddr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
+		bpf_probe_read_kernel(r->daddr, 4, (char *)sk + OFF_SKC_DADDR);
+	}
+}
+
+static __always_inline void *tt_sock_net(void *sk)
+{
+	void *net = NULL;
+	TT_READ(net, sk, OFF_SKC_NET);
+	return net;
+}
+
+static __always_inline u32 netns_of(void *sk)
+{
+	u32 inum = 0;
+	void *net = tt_sock_net(sk);
+	if (net)
+		TT_READ(inum, net, OFF_NET_NS_INUM);
+	return inum;
+}
+
+static __always_inline void push_state(struct tcptrace_record *r, int state)
+{
+	u8 n = r->nstates;
+	if (n < TCPTRACE_MAX_STATES) {
+		r->states[n & (TCPTRACE_MAX_STATES - 1)] = state;
+		r->nstates = n + 1;
+	}
+}
+
+static __always_inline void submit(struct tcptrace_record *r)
+{
+	if (events.ringbuf_output(r, sizeof(*r), 0))
+		count(TT_STAT_RINGBUF_FULL);
+}
+
+#ifdef TCPTRACE_EVENTS
+static __always_inline void emit_event(void *sk, int probe, int old, int new)
+{
+	struct tcptrace_record e = {};
+	e.kind = TT_KIND_EVENT;
+	e.probe = probe;
+	e.ts_ns = bpf_ktime_get_ns();
+	e.skaddr = (u64)sk;
+	e.nstates = 2;
+	e.states[0] = old;
+	e.states[1] = new;
+	read_tuple(sk, &e, false);
+	submit(&e);
+}
+#else
+#define emit_event(sk, probe, old, new) do {} while (0)
+#endif
+
+/* A new open begins on this socket: fresh state, replacing any stale entry. */
+static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old, u64 now)
+{
+	struct tcptrace_record r = {};
+	r.kind = TT_KIND_OPEN;
+	r.start_ns = now;
+	r.skaddr = key;
+	r.netns = netns_of(sk);
+	push_state(&r, old);
+	if (old == TCP_CLOSE) {
+		/* connect() runs in the caller's context: attribute the open to it. */
+		r.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(&r.comm, sizeof(r.comm));
+	}
+	if (opens.lookup(&key))
+		count(TT_STAT_STALE_ENTRY);
+	if (opens.update(&key, &r)) {
+		count(TT_STAT_TABLE_FULL);
+		return NULL;
+	}
+	return opens.lookup(&key);
+}
+
+static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r, u64 now)
+{
+	u32 total = 0, srtt = 0, rto_ms = 0;
+	u8 err = 0;
+	int e = 0;
+
+	TT_READ(total, sk, OFF_TCP_TOTAL_RETRANS);
+	TT_READ(e, sk, OFF_SK_ERR);
+	err = e;
+	r->sk_err = err;
+	r->ts_ns = now;
+	read_tuple(sk, r, false);
+	if (r->states[0] == TCP_LISTEN) {
+		/* a passive child inherits the request's SYN-ACK re-sends in total_retrans */
+		r->synack_retrans = total;
+		TT_READ(srtt, sk, OFF_TCP_SRTT_US);
+		r->passive_us = srtt >> 3;
+		if (total && OFF_TCP_TOTAL_RTO_TIME >= 0) {
+			TT_READ(rto_ms, sk, OFF_TCP_TOTAL_RTO_TIME);
+			r->passive_us = rto_ms * 1000;
+		}
+	} else if (total > r->syn_retrans) {
+		r->synack_retrans = total - r->syn_retrans;
+	}
+	submit(r);
+	opens.delete(&key);
+}
+
+/* The one state-change handler every backend calls. */
+static __always_inline void on_state(void *sk, int old, int new)
+{
+	u64 key = (u64)sk, now = bpf_ktime_get_ns();
+	struct tcptrace_record *r;
+
+	emit_event(sk, TT_PROBE_STATE, old, new);
+	if ((old == TCP_CLOSE && new == TCP_SYN_SENT) || (old == TCP_LISTEN && new == TCP_SYN_RECV)) {
+		r = begin(key, sk, old, now);
+		if (r) {
+			push_state(r, new);
+			read_tuple(sk, r, false);
+		}
+		return;
+	}
+	r = opens.lookup(&key);
+	if (!r) {
+		if (old != TCP_SYN_RECV)
+			return; /* not an open we saw begin: nothing to explain */
+		/* A passive child that kprobe/fentry see only from SYN_RECV on (it is born by
+		 * inet_sk_set_state, not tcp_set_state), or one created before tracing began. */
+		r = begin(key, sk, TCP_LISTEN, 0);
+		if (!r)
+			return;
+		push_state(r, TCP_SYN_RECV);
+	}
+	if (old == TCP_SYN_SENT) {
+		u32 total = 0;
+		TT_READ(total, sk, OFF_TCP_TOTAL_RETRANS);
+		r->syn_retrans = total;
+	}
+	push_state(r, new);
+	if (new != TCP_SYN_RECV)
+		resolve(key, sk, r, now);
+}
+
+static __always_inline void on_flags(void *sk, u8 flags)
+{
+	u64 key = (u64)sk;
+	struct tcptrace_record *r = opens.lookup(&key);
+	if (r)
+		r->flags |= flags;
+}
+
+static __always_inline void on_destroy(void *sk)
+{
+	u64 key = (u64)sk;
+	struct tcptrace_record *r = opens.lookup(&key);
+
+	emit_event(sk, TT_PROBE_DESTROY, 0, 0);
+	if (r) {
+		/* destroyed mid-handshake without a state change we resolved on */
+		r->flags |= TT_F_DESTROYED;
+		resolve(key, sk, r, bpf_ktime_get_ns());
+	}
+}
+
+/* A listener's request socket re-sent its SYN-ACK: the only sign of a request whose
+ * SYN-ACKs are lost. Python expires it when the kernel's retry budget runs out. */
+static __always_inline void on_req_synack_rtx(void *listener, void *req)
+{
+	struct tcptrace_record r = {};
+	u64 snt_us = 0;
+	u8 nrtx = 0, limit = 0;
+	void *net;
+
+	r.kind = TT_KIND_REQ_SYNACK_RTX;
+	r.ts_ns = bpf_ktime_get_ns();
+	r.skaddr = (u64)req;
+	read_tuple(req, &r, true);
+	r.netns = netns_of(req);
+	TT_READ(nrtx, req, OFF_REQ_NUM_RETRANS);
+	r.synack_retrans = nrtx + 1; /* num_retrans counts this one only after we return */
+	TT_READ(snt_us, req, OFF_TREQ_SNT_SYNACK);
+	r.start_ns = snt_us * 1000;
+	TT_READ(limit, listener, OFF_ICSK_SYN_RETRIES); /* TCP_SYNCNT on the listener wins */
+	net = tt_sock_net(req);
+	if (!limit && net)
+		TT_READ(limit, net, OFF_NET_SYNACK_RETRIES);
+	r.synack_budget = limit;
+	r.nstates = 1;
+	r.states[0] = TCP_NEW_SYN_RECV;
+	submit(&r);
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+TRACEPOINT_PROBE(tcp, tcp_destroy_sock)
+{
+	on_destroy((void *)args->skaddr);
+	return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
+{
+	on_req_synack_rtx((void *)args->skaddr, (void *)args->req);
+	return 0;
+}
+
+#ifdef BACKEND_TRACEPOINT
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	if (args->protocol != IPPROTO_TCP)
+		return 0;
+	on_state((void *)args->skaddr, args->oldstate, args->newstate);
+	return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+{
+	emit_event((void *)args->skaddr, TT_PROBE_RST_IN, 0, 0);
+	on_flags((void *)args->skaddr, TT_F_RST_IN);
+	return 0;
+}
+#endif
+
+#if defined(BACKEND_KPROBE) || defined(BACKEND_FENTRY)
+static __always_inline void on_segment(void *sk, void *skb)
+{
+	u8 state = 0, tcpflags = 0;
+
+	TT_READ(state, sk, OFF_SKC_STATE);
+	if (state != TCP_SYN_SENT && state != TCP_SYN_RECV)
+		return;
+	TT_READ(tcpflags, skb, OFF_SKB_CB + OFF_TCB_TCP_FLAGS);
+	if (tcpflags & TT_RST) {
+		emit_event(sk, TT_PROBE_RST_IN, state, state);
+		on_flags(sk, TT_F_RST_IN);
+	} else if (state == TCP_SYN_SENT && (tcpflags & (TT_SYN | TT_ACK)) == TT_SYN) {
+		emit_event(sk, TT_PROBE_SYN_IN, state, state);
+		on_flags(sk, TT_F_SYN_IN);
+	}
+}
+
+static __always_inline void on_state_call(void *sk, int new)
+{
+	u8 old = 0;
+	TT_READ(old, sk, OFF_SKC_STATE);
+	if (old != new)
+		on_state(sk, old, new);
+}
+
+static __always_inline void on_synack_out(void *sk)
+{
+	emit_event(sk, TT_PROBE_SYNACK_OUT, 0, 0);
+	on_flags(sk, TT_F_SYNACK_OUT);
+}
+#endif
+
+#ifdef BACKEND_KPROBE
+/* No kprobe__ prefix: the loader attaches these, so they can also be loaded alone. */
+int kp_tcp_set_state(struct pt_regs *ctx)
+{
+	on_state_call((void *)PT_REGS_PARM1(ctx), (int)PT_REGS_PARM2(ctx));
+	return 0;
+}
+
+int kp_tcp_rcv_state_process(struct pt_regs *ctx)
+{
+	on_segment((void *)PT_REGS_PARM1(ctx), (void *)PT_REGS_PARM2(ctx));
+	return 0;
+}
+
+int kp_tcp_send_synack(struct pt_regs *ctx)
+{
+	on_synack_out((void *)PT_REGS_PARM1(ctx));
+	return 0;
+}
+#endif
+
+#ifdef BACKEND_FENTRY
+KFUNC_PROBE(tcp_set_state, struct sock *sk, int state)
+{
+	on_state_call((void *)sk, state);
+	return 0;
+}
+
+KFUNC_PROBE(tcp_rcv_state_process, struct sock *sk, struct sk_buff *skb)
+{
+	on_segment((void *)sk, (void *)skb);
+	return 0;
+}
+
+KFUNC_PROBE(tcp_send_synack, struct sock *sk)
+{
+	on_synack_out((void *)sk);
+	return 0;
+}
+#endif

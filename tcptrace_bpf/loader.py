@@ -1,0 +1,234 @@
+"""The only module that imports bcc: builds cflags, picks a backend by trial load, attaches,
+polls the ring buffer and reads the kernel-side loss counters."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import wire
+from .btf import BTF, BTFError, VMLINUX_BTF
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+BPF_SOURCE = BPF_DIR / "tcptrace.bpf.c"
+HEADERS_CACHE = Path("/var/cache/tcptrace-bpf/kernel-headers")
+
+# -D name -> (struct, member path): every struct field the BPF programs read.
+OFFSETS = {
+    "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
+    "OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
+    "OFF_SKC_DPORT": ("sock_common", "skc_dport"),
+    "OFF_SKC_NUM": ("sock_common", "skc_num"),
+    "OFF_INET_SPORT": ("inet_sock", "inet_sport"),
+    "OFF_SKC_FAMILY": ("sock_common", "skc_family"),
+    "OFF_SKC_STATE": ("sock_common", "skc_state"),
+    "OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "OFF_SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
+    "OFF_SKC_NET": ("sock_common", "skc_net"),
+    "OFF_NET_NS_INUM": ("net", "ns.inum"),
+    "OFF_NET_SYNACK_RETRIES": ("net", "ipv4.sysctl_tcp_synack_retries"),
+    "OFF_SK_ERR": ("sock", "sk_err"),
+    "OFF_ICSK_SYN_RETRIES": ("inet_connection_sock", "icsk_syn_retries"),
+    "OFF_TCP_TOTAL_RETRANS": ("tcp_sock", "total_retrans"),
+    "OFF_TCP_SRTT_US": ("tcp_sock", "srtt_us"),
+    "OFF_SKB_CB": ("sk_buff", "cb"),
+    "OFF_TCB_TCP_FLAGS": ("tcp_skb_cb", "tcp_flags"),
+    "OFF_REQ_NUM_RETRANS": ("request_sock", "num_retrans"),
+    "OFF_TREQ_SNT_SYNACK": ("tcp_request_sock", "snt_synack"),
+}
+OPTIONAL_OFFSETS = {"OFF_TCP_TOTAL_RTO_TIME": ("tcp_sock", "total_rto_time")}
+
+
+class Backend(str, Enum):
+    FENTRY = "fentry"
+    KPROBE = "kprobe"
+    TRACEPOINT = "tracepoint"
+
+
+AUTO_ORDER = (Backend.FENTRY, Backend.KPROBE, Backend.TRACEPOINT)
+# kernel functions hooked by the kprobe backend -> the program attached to each
+KPROBES = {"tcp_set_state": "kp_tcp_set_state",
+           "tcp_rcv_state_process": "kp_tcp_rcv_state_process",
+           "tcp_send_synack": "kp_tcp_send_synack"}
+
+
+class LoaderError(Exception):
+    """Tracing cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_sockets: int = 65536
+    ringbuf_pages: int = 512     # 2 MiB: about 18,000 records of 112 bytes
+    events: bool = False         # also emit one record per probe hit
+
+
+@dataclass
+class Capabilities:
+    """What start-up decided, once, for the user to see."""
+    backend: Backend
+    offsets_from: str            # "BTF" or "kernel headers"
+    headers: str                 # where bcc's kernel headers come from
+    tried: list[str] = field(default_factory=list)  # "fentry: refused (...)" ...
+
+    def describe(self) -> str:
+        why = "; ".join(self.tried) if self.tried else "forced"
+        return (f"backend {self.backend.value} ({why}); struct offsets from "
+                f"{self.offsets_from}; headers {self.headers}")
+
+
+def import_bcc():
+    try:
+        import bcc  # noqa: F401  (Debian's python3-bpfcc)
+    except ImportError as exc:
+        raise LoaderError("bcc Python module not found: run `make setup` "
+                          "(installs Debian's python3-bpfcc)") from exc
+    return bcc
+
+
+def kernel_headers() -> str:
+    """Make sure bcc finds a headers tree; return where it is."""
+    build = Path("/lib/modules") / platform.release() / "build"
+    if (build / "include").is_dir():
+        return str(build)
+    env = os.environ.get("BCC_KERNEL_SOURCE")
+    if env and Path(env, "include").is_dir():
+        return env
+    tree = Path(os.environ.get("TCPTRACE_HEADERS_ROOT", HEADERS_CACHE)) / platform.release()
+    if (tree / ".ready").exists():
+        os.environ["BCC_KERNEL_SOURCE"] = str(tree)
+        return str(tree)
+    raise LoaderError(f"no kernel headers for {platform.release()}: run `make setup` "
+                      "(scripts/kernel-headers.sh prepares them)")
+
+
+def offset_cflags(btf_path: Path = VMLINUX_BTF) -> tuple[list[str], str]:
+    """-D flags with every struct offset from BTF; none (header offsets) without BTF."""
+    if not btf_path.exists():
+        return [], "kernel headers (no BTF)"
+    try:
+        btf = BTF.from_file(btf_path)
+        flags = [f"-D{name}={btf.offsetof(s, m)}" for name, (s, m) in OFFSETS.items()]
+        for name, (s, m) in OPTIONAL_OFFSETS.items():
+            try:
+                flags.append(f"-D{name}={btf.offsetof(s, m)}")
+            except BTFError:
+                pass  # the C falls back to not reading the field
+    except BTFError as exc:
+        raise LoaderError(f"cannot read struct offsets from {btf_path}: {exc}") from exc
+    return flags, "BTF"
+
+
+def cflags(backend: Backend, settings: Settings, offsets: list[str]) -> list[str]:
+    # -w: the headers tree warns about itself; our own code is checked in tests/kernel
+    flags = ["-w", f"-I{BPF_DIR}", f"-DBACKEND_{backend.name}",
+             f"-DMAX_SOCKETS={settings.max_sockets}",
+             f"-DRINGBUF_PAGES={settings.ringbuf_pages}", *offsets]
+    if settings.events:
+        flags.append("-DTCPTRACE_EVENTS")
+    return flags
+
+
+def _kprobes_possible() -> Optional[str]:
+    """Why kprobes cannot attach at all, or None. The kernel's own interfaces, not bcc's flags."""
+    if not (Path("/sys/bus/event_source/devices/kprobe").exists()
+            or Path("/sys/kernel/tracing/kprobe_events").exists()
+            or Path("/sys/kernel/debug/tracing/kprobe_events").exists()):
+        return "kernel has no kprobes (CONFIG_KPROBES unset)"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Tracer:
+    """A loaded and attached set of programs. Use as a context manager."""
+
+    def __init__(self, bpf, caps: Capabilities):
+        self.bpf, self.caps = bpf, caps
+        self._ring = None
+
+    @classmethod
+    def start(cls, attach: str = "auto", settings: Settings = Settings()) -> "Tracer":
+        bcc = import_bcc()
+        headers = kernel_headers()
+        offsets, offsets_from = offset_cflags()
+        order = AUTO_ORDER if attach == "auto" else (Backend(attach),)
+        tried: list[str] = []
+        for backend in order:
+            if backend is Backend.KPROBE and (why := _kprobes_possible()):
+                tried.append(f"kprobe: {why}")
+                continue
+            try:
+                bpf = _load(bcc, backend, cflags(backend, settings, offsets))
+            except Exception as exc:  # bcc raises bare Exception for compile/load/attach
+                tried.append(f"{backend.value}: {_first_line(exc)}")
+                continue
+            tried.append(f"{backend.value}: loaded")
+            return cls(bpf, Capabilities(backend, offsets_from, headers,
+                                         tried if attach == "auto" else []))
+        raise LoaderError("no backend could attach: " + "; ".join(tried))
+
+    def open_ring(self, on_record: Callable[[bytes], None]) -> None:
+        def _cb(_ctx, data, size):
+            on_record(ctypes.string_at(data, size))
+        self._ring = _cb  # keep a reference: bcc holds only a C pointer
+        self.bpf["events"].open_ring_buffer(_cb)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self) -> None:
+        self.bpf.ring_buffer_consume()
+
+    def kernel_lost(self) -> dict[str, int]:
+        stats = self.bpf["stats"]
+        return {name: int(sum(stats[ctypes.c_int(i)])) for i, name in enumerate(wire.STAT_NAMES)}
+
+    def tracked_sockets(self) -> int:
+        return sum(1 for _ in self.bpf["opens"].keys())
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self) -> "Tracer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _load(bcc, backend: Backend, flags: list[str]):
+    # Tracepoint and fentry programs attach as the module loads (bcc autoload);
+    # a refused fentry load raises here, which is the trial.
+    bpf = bcc.BPF(src_file=str(BPF_SOURCE), cflags=flags)
+    try:
+        if backend is Backend.KPROBE:
+            for event, fn in KPROBES.items():
+                bpf.attach_kprobe(event=event, fn_name=fn)
+    except Exception:
+        bpf.cleanup()
+        raise
+    return bpf
+
+
+def verify_kprobe_programs(settings: Settings = Settings()) -> list[str]:
+    """Compile the kprobe backend and pass each program through the verifier, unattached.
+    For kernels without kprobes, where attaching is impossible."""
+    bcc = import_bcc()
+    kernel_headers()
+    offsets, _ = offset_cflags()
+    bpf = bcc.BPF(src_file=str(BPF_SOURCE), cflags=cflags(Backend.KPROBE, settings, offsets))
+    try:
+        return [fn for fn in KPROBES.values() if bpf.load_func(fn, bcc.BPF.KPROBE).fd >= 0]
+    finally:
+        bpf.cleanup()

@@ -1,0 +1,100 @@
+"""The vocabulary: TCP states, open paths, outcomes, and the OpenRecord the tracker emits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import Optional
+
+
+class TcpState(IntEnum):
+    """include/net/tcp_states.h"""
+    ESTABLISHED = 1
+    SYN_SENT = 2
+    SYN_RECV = 3
+    FIN_WAIT1 = 4
+    FIN_WAIT2 = 5
+    TIME_WAIT = 6
+    CLOSE = 7
+    CLOSE_WAIT = 8
+    LAST_ACK = 9
+    LISTEN = 10
+    CLOSING = 11
+    NEW_SYN_RECV = 12
+
+    @classmethod
+    def name_of(cls, value: int) -> str:
+        try:
+            return cls(value).name
+        except ValueError:
+            return f"STATE_{value}"
+
+
+class OpenPath(str, Enum):
+    ACTIVE = "active"              # CLOSE > SYN_SENT > ESTABLISHED
+    PASSIVE = "passive"            # listener child: SYN_RECV > ESTABLISHED
+    SIMULTANEOUS = "simultaneous"  # SYN_SENT > SYN_RECV (crossed SYNs) > ESTABLISHED
+    SELF = "self"                  # simultaneous open of a socket with its own address
+
+
+class Outcome(str, Enum):
+    ESTABLISHED = "established"
+    REFUSED = "refused"          # RST answered our SYN
+    RESET = "reset"              # RST later in the handshake
+    TIMEOUT = "timeout"          # SYN / SYN-ACK retries exhausted
+    UNREACHABLE = "unreachable"  # ICMP error ended the handshake
+    ABORTED = "aborted"          # the application gave up (close, shutdown, disconnect)
+
+
+@dataclass(frozen=True)
+class OpenRecord:
+    """One resolved connection-open attempt, as every sink sees it."""
+    ts: float                # epoch seconds when it resolved
+    path: OpenPath
+    outcome: Outcome
+    family: int              # 4 or 6
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    states: tuple[str, ...]
+    duration_s: Optional[float]
+    syn_retransmits: int
+    synack_retransmits: int
+    pid: Optional[int]
+    comm: Optional[str]
+    netns: int
+    errno: int = 0           # sk_err when it resolved, 0 if none
+
+    def to_dict(self) -> dict:
+        return {
+            "ts": round(self.ts, 6), "path": self.path.value, "outcome": self.outcome.value,
+            "family": self.family, "saddr": self.saddr, "sport": self.sport,
+            "daddr": self.daddr, "dport": self.dport, "states": list(self.states),
+            "duration_s": None if self.duration_s is None else round(self.duration_s, 9),
+            "syn_retransmits": self.syn_retransmits,
+            "synack_retransmits": self.synack_retransmits,
+            "pid": self.pid, "comm": self.comm, "netns": self.netns, "errno": self.errno,
+        }
+
+
+@dataclass(frozen=True)
+class ProbeEvent:
+    """One raw probe hit (trace --events): what the kernel saw, unexplained."""
+    ts: float
+    probe: str
+    skaddr: int
+    family: int
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    old_state: Optional[str]
+    new_state: Optional[str]
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["ts"] = round(self.ts, 6)
+        d["event"] = d.pop("probe")
+        d["skaddr"] = f"{self.skaddr:#x}"
+        return d

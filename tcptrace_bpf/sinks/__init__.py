@@ -1,0 +1,1 @@
+"""Sinks: consume tracker output (OpenRecord / ProbeEvent), never produce it."""

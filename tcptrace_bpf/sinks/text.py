@@ -1,0 +1,47 @@
+"""Human-readable rendering: one line per open, and the end-of-run summary."""
+
+from __future__ import annotations
+
+import time
+
+from ..model import OpenRecord, ProbeEvent
+
+
+def _endpoint(addr: str, port: int, family: int) -> str:
+    return f"[{addr}]:{port}" if family == 6 else f"{addr}:{port}"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds * 1e3:.2f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def render(item) -> str:
+    clock = time.strftime("%H:%M:%S", time.localtime(item.ts)) + f".{int(item.ts % 1 * 1000):03d}"
+    local = _endpoint(item.saddr, item.sport, item.family)
+    peer = _endpoint(item.daddr, item.dport, item.family)
+    if isinstance(item, ProbeEvent):
+        return f"{clock} event {item.probe} {item.old_state}>{item.new_state} {local} {peer}"
+    rec: OpenRecord = item
+    who = f" {rec.comm}[{rec.pid}]" if rec.pid else ""
+    rtx = ""
+    if rec.syn_retransmits or rec.synack_retransmits:
+        rtx = f" rtx syn={rec.syn_retransmits} synack={rec.synack_retransmits}"
+    return (f"{clock} {rec.path.value:<12} {rec.outcome.value:<11} {local} > {peer} "
+            f"{_duration(rec.duration_s)}{rtx}{who}")
+
+
+def summary(counts, lost: dict, backend: str, extra: dict) -> str:
+    lines = [f"tcptrace-bpf summary (backend {backend})"]
+    if counts:
+        for (path, outcome), n in sorted(counts.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value)):
+            lines.append(f"  {path.value:<12} {outcome.value:<11} {n}")
+    else:
+        lines.append("  no connection opens seen")
+    total_lost = sum(lost.values())
+    detail = ", ".join(f"{k}={v}" for k, v in sorted(lost.items()))
+    lines.append(f"  events lost: {total_lost}" + (f" ({detail})" if detail else ""))
+    for k, v in extra.items():
+        lines.append(f"  {k}: {v}")
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""Turns decoded kernel records into OpenRecords: names the path and the outcome.
+
+No I/O: fed from the ring buffer live or from a recording alike. Time only moves through
+the records' own timestamps and the `now_ns` handed to expire().
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, replace
+from typing import Optional, Union
+
+from . import wire
+from .model import OpenPath, OpenRecord, Outcome, ProbeEvent, TcpState
+
+S = TcpState
+# sk_err values that name the outcome directly; any other error came from ICMP
+_ERR_OUTCOME = {errno.ETIMEDOUT: Outcome.TIMEOUT, errno.ECONNRESET: Outcome.RESET}
+# The request socket's SYN-ACK timer: 1 s, doubling, capped at TCP_RTO_MAX (120 s).
+_TIMEOUT_INIT_S, _RTO_MAX_S = 1.0, 120.0
+_EXPIRY_SLACK_S = 1.0
+
+
+@dataclass(frozen=True)
+class Match:
+    """Which opens to keep: --port (either side), --family."""
+    port: Optional[int] = None
+    family: Optional[int] = None
+
+    def __call__(self, rec: OpenRecord) -> bool:
+        if self.port is not None and self.port not in (rec.sport, rec.dport):
+            return False
+        return self.family is None or rec.family == self.family
+
+
+@dataclass
+class _PendingRequest:
+    first: wire.Record
+    last: wire.Record
+
+    def deadline_ns(self) -> int:
+        """When the kernel drops the request: after `budget` timer-driven re-sends."""
+        start = self.first.start_ns or self.first.ts_ns - int(_TIMEOUT_INIT_S * 1e9)
+        life = sum(min(_TIMEOUT_INIT_S * 2 ** i, _RTO_MAX_S)
+                   for i in range(self.first.synack_budget + 1))
+        return start + int((life + _EXPIRY_SLACK_S) * 1e9)
+
+
+Output = Union[OpenRecord, ProbeEvent]
+
+
+class Tracker:
+    def __init__(self, epoch_offset: float, match: Match = Match(), max_pending: int = 65536):
+        self.epoch_offset = epoch_offset  # epoch seconds = monotonic seconds + offset
+        self.match = match
+        self.max_pending = max_pending
+        self.counts: Counter = Counter()  # (path, outcome) -> resolved opens shown
+        self.lost: Counter = Counter()    # reason -> records not turned into output
+        self._pending: "OrderedDict[tuple, _PendingRequest]" = OrderedDict()
+
+    # -- input -------------------------------------------------------------------------
+    def feed_bytes(self, buf: bytes) -> list[Output]:
+        try:
+            rec = wire.decode(buf)
+        except wire.DecodeError:
+            self.lost["decode_error"] += 1
+            return []
+        return self.feed(rec)
+
+    def feed(self, rec: wire.Record) -> list[Output]:
+        if rec.kind == wire.KIND_OPEN:
+            out = self._open(rec)
+            return [out] if out else []
+        if rec.kind == wire.KIND_REQ_SYNACK_RTX:
+            self._request_resent(rec)
+            return []
+        return [self._event(rec)]
+
+    def expire(self, now_ns: int) -> list[OpenRecord]:
+        """Report requests whose SYN-ACK budget ran out by `now_ns` (monotonic)."""
+        out = []
+        for key in [k for k, p in self._pending.items() if p.deadline_ns() <= now_ns]:
+            p = self._pending.pop(key)
+            rec = self._keep(self._request_timeout(p))
+            if rec:
+                out.append(rec)
+        return out
+
+    @property
+    def pending_requests(self) -> int:
+        return len(self._pending)
+
+    # -- classification ----------------------------------------------------------------
+    def _open(self, rec: wire.Record) -> Optional[OpenRecord]:
+        path = self._path(rec)
+        if path is None:
+            self.lost["unknown_transition"] += 1
+            return None
+        if path is OpenPath.PASSIVE:
+            self._pending.pop(_tuple_key(rec), None)  # its request, if it was re-sending
+        outcome = self._outcome(rec)
+        if path is OpenPath.PASSIVE and outcome is Outcome.ESTABLISHED and rec.passive_us:
+            duration = rec.passive_us / 1e6
+        else:
+            duration = (rec.ts_ns - rec.start_ns) / 1e9 if rec.start_ns else None
+        return self._keep(self._record(rec, path, outcome, duration,
+                                       rec.syn_retrans, rec.synack_retrans))
+
+    @staticmethod
+    def _path(rec: wire.Record) -> Optional[OpenPath]:
+        st = rec.states
+        if len(st) < 2:
+            return None
+        if st[0] == S.LISTEN and st[1] == S.SYN_RECV:
+            return OpenPath.PASSIVE
+        if st[0] != S.CLOSE or st[1] != S.SYN_SENT:
+            return None
+        if len(st) > 2 and st[2] == S.SYN_RECV:  # only crossed SYNs lead SYN_SENT > SYN_RECV
+            if rec.saddr == rec.daddr and rec.sport == rec.dport:
+                return OpenPath.SELF
+            return OpenPath.SIMULTANEOUS
+        return OpenPath.ACTIVE
+
+    @staticmethod
+    def _outcome(rec: wire.Record) -> Outcome:
+        last = rec.states[-1]
+        if last == S.ESTABLISHED:
+            return Outcome.ESTABLISHED
+        if last != S.CLOSE:
+            return Outcome.ABORTED  # e.g. SYN_RECV > FIN_WAIT1: closed mid-handshake
+        err, rst = rec.sk_err, bool(rec.flags & wire.F_RST_IN)
+        if err == errno.ECONNREFUSED:
+            # an RST in SYN_SENT; without one, an ICMP port unreachable said it
+            return Outcome.REFUSED if rst else Outcome.UNREACHABLE
+        if err in _ERR_OUTCOME:
+            return _ERR_OUTCOME[err]
+        if err:
+            return Outcome.UNREACHABLE  # EHOSTUNREACH, ENETUNREACH, ... (icmp_err_convert)
+        return Outcome.RESET if rst else Outcome.ABORTED
+
+    def _record(self, rec, path, outcome, duration, syn_rtx, synack_rtx) -> OpenRecord:
+        return OpenRecord(
+            ts=rec.ts_ns / 1e9 + self.epoch_offset, path=path, outcome=outcome,
+            family=rec.family, saddr=rec.saddr, sport=rec.sport, daddr=rec.daddr,
+            dport=rec.dport, states=tuple(S.name_of(s) for s in rec.states),
+            duration_s=duration, syn_retransmits=syn_rtx, synack_retransmits=synack_rtx,
+            pid=rec.pid or None, comm=rec.comm or None, netns=rec.netns, errno=rec.sk_err)
+
+    def _keep(self, rec: OpenRecord) -> Optional[OpenRecord]:
+        if not self.match(rec):
+            return None
+        self.counts[(rec.path, rec.outcome)] += 1
+        return rec
+
+    # -- listener request sockets ------------------------------------------------------
+    def _request_resent(self, rec: wire.Record) -> None:
+        key = _tuple_key(rec)
+        p = self._pending.get(key)
+        if p is None:
+            if len(self._pending) >= self.max_pending:
+                self._pending.popitem(last=False)
+                self.lost["request_evicted"] += 1
+            self._pending[key] = _PendingRequest(rec, rec)
+        else:
+            p.last = rec
+
+    def _request_timeout(self, p: _PendingRequest) -> OpenRecord:
+        # The request never became a socket: it went NEW_SYN_RECV until the kernel gave up.
+        last = p.last
+        ts_ns = p.deadline_ns() - int(_EXPIRY_SLACK_S * 1e9)
+        start = p.first.start_ns
+        rec = replace(last, ts_ns=ts_ns, states=(S.LISTEN, S.NEW_SYN_RECV, S.CLOSE))
+        return self._record(rec, OpenPath.PASSIVE, Outcome.TIMEOUT,
+                            (ts_ns - start) / 1e9 if start else None, 0, last.synack_retrans)
+
+    # -- raw probe events (--events) ---------------------------------------------------
+    def _event(self, rec: wire.Record) -> ProbeEvent:
+        return ProbeEvent(
+            ts=rec.ts_ns / 1e9 + self.epoch_offset, probe=wire.PROBE_NAMES.get(rec.probe, str(rec.probe)),
+            skaddr=rec.skaddr, family=rec.family, saddr=rec.saddr, sport=rec.sport,
+            daddr=rec.daddr, dport=rec.dport,
+            old_state=S.name_of(rec.states[0]) if rec.states else None,
+            new_state=S.name_of(rec.states[1]) if len(rec.states) > 1 else None)
+
+
+def _tuple_key(rec: wire.Record) -> tuple:
+    return (rec.netns, rec.family, rec.saddr, rec.sport, rec.daddr, rec.dport)

@@ -1,0 +1,90 @@
+"""Python mirror of bpf/tcptrace.h: the ring-buffer record layout, and decode().
+
+This is the only Python module that knows the byte layout. tests/kernel/test_wire.py checks
+it against the struct bcc compiled from the C header.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+WIRE_VERSION = 1
+MAX_STATES = 8
+AF_INET, AF_INET6 = 2, 10
+
+KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT = 1, 2, 3
+PROBE_STATE, PROBE_RST_IN, PROBE_SYN_IN, PROBE_SYNACK_OUT, PROBE_DESTROY = 1, 2, 3, 4, 5
+F_RST_IN, F_SYN_IN, F_SYNACK_OUT, F_NO_START, F_DESTROYED = 0x01, 0x02, 0x04, 0x08, 0x10
+STAT_NAMES = ("ringbuf_full", "table_full", "stale_entry")  # index = TT_STAT_*
+
+# struct tcptrace_record, field for field (little-endian, no implicit padding)
+_FORMAT = "<QQQ16s16sIIIHHHBBBBBBB8sB6x16s"
+RECORD = struct.Struct(_FORMAT)
+RECORD_SIZE = RECORD.size  # 112
+FIELDS = ("ts_ns", "start_ns", "skaddr", "saddr", "daddr", "netns", "pid", "passive_us",
+          "sport", "dport", "family", "kind", "probe", "nstates", "flags", "sk_err",
+          "syn_retrans", "synack_retrans", "states", "synack_budget", "comm")
+
+
+class DecodeError(ValueError):
+    """A ring-buffer record that does not match the wire format."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One decoded ring-buffer record; fields as in struct tcptrace_record."""
+    kind: int
+    ts_ns: int
+    start_ns: int
+    skaddr: int
+    family: int
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    netns: int
+    pid: int
+    comm: str
+    states: tuple[int, ...]
+    flags: int
+    sk_err: int
+    syn_retrans: int
+    synack_retrans: int
+    synack_budget: int
+    passive_us: int
+    probe: int
+
+
+def _addr(raw: bytes, family: int) -> str:
+    if family == AF_INET6:
+        return str(ipaddress.IPv6Address(raw))
+    return str(ipaddress.IPv4Address(raw[:4]))
+
+
+def decode(buf: bytes) -> Record:
+    if len(buf) < RECORD_SIZE:
+        raise DecodeError(f"record of {len(buf)} bytes, expected {RECORD_SIZE}")
+    v = dict(zip(FIELDS, RECORD.unpack_from(buf)))
+    family, kind, nstates = v["family"], v["kind"], v["nstates"]
+    if kind not in (KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT):
+        raise DecodeError(f"unknown record kind {kind}")
+    if family not in (AF_INET, AF_INET6):
+        raise DecodeError(f"unknown address family {family}")
+    if nstates > MAX_STATES:
+        raise DecodeError(f"{nstates} states, at most {MAX_STATES}")
+    return Record(
+        kind=kind, ts_ns=v["ts_ns"], start_ns=v["start_ns"], skaddr=v["skaddr"],
+        family=4 if family == AF_INET else 6,
+        saddr=_addr(v["saddr"], family), sport=v["sport"],
+        daddr=_addr(v["daddr"], family), dport=v["dport"],
+        netns=v["netns"], pid=v["pid"],
+        comm=v["comm"].split(b"\0", 1)[0].decode(errors="replace"),
+        states=tuple(v["states"][:nstates]), flags=v["flags"], sk_err=v["sk_err"],
+        syn_retrans=v["syn_retrans"], synack_retrans=v["synack_retrans"],
+        synack_budget=v["synack_budget"], passive_us=v["passive_us"], probe=v["probe"],
+    )
+
+PROBE_NAMES = {PROBE_STATE: "state", PROBE_RST_IN: "rst_in", PROBE_SYN_IN: "syn_in",
+               PROBE_SYNACK_OUT: "synack_out", PROBE_DESTROY: "destroy"}
