@@ -1,0 +1,106 @@
+"""Real-kernel fixtures: one live tracer for the session, scenarios in fresh netns."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = Path(__file__).with_name("scenarios.py")
+TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
+
+
+def kernel_ready() -> None:
+    require(os.geteuid() == 0, "needs root")
+    require(Path("/sys/kernel/btf/vmlinux").exists(), "needs BTF")
+    require(shutil.which("nft") is not None and shutil.which("unshare") is not None,
+            "needs nft and unshare")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "needs bcc (python3-bpfcc)")
+
+
+class LiveTracer:
+    """`tcptrace-bpf trace --json` in the background; records collected as they print."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(TOOL + ["trace", "--json", *args], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.records: list[dict] = []
+        self.stderr: list[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read_out, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+        if not self._ready.wait(120) or self.proc.poll() is not None:
+            self.proc.kill()
+            raise RuntimeError("tracer did not start:\n" + "".join(self.stderr))
+
+    def _read_out(self):
+        for line in self.proc.stdout:
+            self.records.append(json.loads(line))
+
+    def _read_err(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            if "tracing, Ctrl-C to stop" in line:
+                self._ready.set()
+
+    def wait_for(self, netns: int, count: int, timeout: float = 15.0) -> list[dict]:
+        """Records of one namespace, once `count` have arrived (or the timeout passed)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = [r for r in self.records if r["netns"] == netns]
+            if len(got) >= count:
+                time.sleep(0.3)  # anything extra arrives too, and fails the test
+                return [r for r in self.records if r["netns"] == netns]
+            time.sleep(0.05)
+        return [r for r in self.records if r["netns"] == netns]
+
+    def stop(self, sig=2) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        time.sleep(0.1)
+        return rc, "".join(self.stderr)
+
+
+_NAMESPACES: list[str] = []
+
+
+def run_scenario(name: str) -> dict:
+    """Run a scenario in a new named netns. The netns lives until the session ends, so its
+    inode (the records' `netns`) is not reused by a later scenario."""
+    ns = f"tcptrace-test-{os.getpid()}-{len(_NAMESPACES)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    _NAMESPACES.append(ns)
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(SCENARIOS), name],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"scenario {name} failed: {out.stderr}"
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_namespaces():
+    yield
+    for ns in _NAMESPACES:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+@pytest.fixture(scope="session")
+def tracer():
+    kernel_ready()
+    t = LiveTracer("--attach", "tracepoint")
+    yield t
+    t.stop()

@@ -1,0 +1,278 @@
+"""Real handshakes, one per scenario, each meant to run in a fresh network namespace:
+
+    unshare -n python3 tests/kernel/scenarios.py NAME
+
+Prints one JSON object: the namespace inode, this pid, and what each socket's open must be
+reported as. The expectations come from the sockets themselves (errno, getsockname, nft
+counters), never from the tracer. Methods: ../shared/kernel-notes (crossed SYNs, timeouts).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import select
+import socket
+import subprocess
+import sys
+import time
+
+LO4, LO6 = "127.0.0.1", "::1"
+
+
+def sh(*cmd: str, stdin: str | None = None) -> str:
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def netns_setup(**sysctls: int) -> None:
+    sh("ip", "link", "set", "lo", "up")
+    for key, value in sysctls.items():
+        with open(f"/proc/sys/net/ipv4/{key}", "w") as f:
+            f.write(str(value))
+
+
+def nft(rules: str) -> None:
+    sh("nft", "-f", "-", stdin=rules)
+
+
+def nft_counters() -> dict[str, int]:
+    """packets per rule comment"""
+    out = {}
+    for item in json.loads(sh("nft", "-j", "list", "ruleset"))["nftables"]:
+        rule = item.get("rule")
+        if rule and "comment" in rule:
+            for expr in rule["expr"]:
+                if "counter" in expr:
+                    out[rule["comment"]] = expr["counter"]["packets"]
+    return out
+
+
+def expect(sock_name, peer_name, family: int, path: str, outcome: str, **extra) -> dict:
+    return {"path": path, "outcome": outcome, "family": family,
+            "saddr": sock_name[0], "sport": sock_name[1],
+            "daddr": peer_name[0], "dport": peer_name[1], **extra}
+
+
+def failed_name(c: socket.socket) -> tuple:
+    """After a failed connect() getsockname() keeps the port but reads address 0.0.0.0."""
+    return (LO4, c.getsockname()[1])
+
+
+def me() -> dict:
+    return {"pid": os.getpid(), "comm": open("/proc/self/comm").read().strip()}
+
+
+# ------------------------------------------------------------------------ scenarios
+def normal(fam: int) -> dict:
+    af, lo = (socket.AF_INET, LO4) if fam == 4 else (socket.AF_INET6, LO6)
+    srv = socket.socket(af)
+    srv.bind((lo, 0))
+    srv.listen()
+    cli = socket.create_connection(srv.getsockname()[:2])
+    conn, _ = srv.accept()
+    c, s = cli.getsockname()[:2], srv.getsockname()[:2]
+    out = [expect(c, s, fam, "active", "established", syn_retransmits=0, synack_retransmits=0, **me()),
+           expect(s, c, fam, "passive", "established", syn_retransmits=0, synack_retransmits=0,
+                  pid=None, comm=None,
+                  states=["LISTEN", "SYN_RECV", "ESTABLISHED"])]
+    out[0]["states"] = ["CLOSE", "SYN_SENT", "ESTABLISHED"]
+    cli.close(), conn.close(), srv.close()
+    return {"expect": out}
+
+
+def self_connect(fam: int) -> dict:
+    af, lo = (socket.AF_INET, LO4) if fam == 4 else (socket.AF_INET6, LO6)
+    s = socket.socket(af)
+    s.bind((lo, 0))
+    s.connect(s.getsockname()[:2])
+    name = s.getsockname()[:2]
+    assert s.getpeername()[:2] == name
+    s.close()
+    return {"expect": [expect(name, name, fam, "self", "established", syn_retransmits=0,
+                              states=["CLOSE", "SYN_SENT", "SYN_RECV", "ESTABLISHED"], **me())]}
+
+
+def crossed(fam: int, attempts: int = 5) -> dict:
+    """Two sockets connect() to each other while an nft rule drops their first SYNs; both
+    SYNs are re-sent in the same timer run and cross. One-sided runs are detected and redone."""
+    af, lo = (socket.AF_INET, LO4) if fam == 4 else (socket.AF_INET6, LO6)
+    for attempt in range(attempts):
+        a, b = socket.socket(af), socket.socket(af)
+        a.bind((lo, 0)), b.bind((lo, 0))
+        pa, pb = a.getsockname()[1], b.getsockname()[1]
+        nft(f"""flush ruleset
+table inet t {{
+  chain in {{ type filter hook input priority 0;
+    tcp dport {{ {pa}, {pb} }} tcp flags & (syn|ack) == syn counter drop comment "drop"
+  }}
+  chain count {{ type filter hook input priority 10;
+    tcp dport {{ {pa}, {pb} }} tcp flags & (syn|ack) == syn counter comment "syn_in"
+    tcp dport {{ {pa}, {pb} }} tcp flags & (syn|ack) == syn|ack counter comment "synack_in"
+  }}
+}}""")
+        a.setblocking(False), b.setblocking(False)
+        a.connect_ex(b.getsockname()[:2]), b.connect_ex(a.getsockname()[:2])
+        time.sleep(0.02)
+        sh("nft", "delete", "chain", "inet", "t", "in")
+        for s in (a, b):
+            select.select([], [s], [], 5)
+        errs = [s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for s in (a, b)]
+        counters = nft_counters()
+        names = [s.getsockname()[:2] for s in (a, b)]
+        a.close(), b.close()
+        if errs == [0, 0] and counters.get("synack_in") == 2:
+            out = [expect(names[0], names[1], fam, "simultaneous", "established", syn_retransmits=1,
+                          states=["CLOSE", "SYN_SENT", "SYN_RECV", "ESTABLISHED"], **me()),
+                   expect(names[1], names[0], fam, "simultaneous", "established", syn_retransmits=1,
+                          states=["CLOSE", "SYN_SENT", "SYN_RECV", "ESTABLISHED"], **me())]
+            return {"expect": out, "attempts": attempt + 1, "counters": counters}
+        # one-sided: tell the tracer's records of this attempt apart by port; not expected
+        time.sleep(0.1)
+    raise SystemExit(f"crossed SYNs did not cross in {attempts} attempts")
+
+
+def refused() -> dict:
+    probe = socket.socket()
+    probe.bind((LO4, 0))
+    port = probe.getsockname()[1]
+    probe.close()  # a port nobody listens on
+    c = socket.socket()
+    err = c.connect_ex((LO4, port))
+    assert err == errno.ECONNREFUSED, err
+    name = failed_name(c)
+    c.close()
+    return {"expect": [expect(name, (LO4, port), 4, "active", "refused", syn_retransmits=0,
+                              states=["CLOSE", "SYN_SENT", "CLOSE"], **me())]}
+
+
+def _drop_syns_to(port: int) -> None:
+    # on input, not output: an output drop fails the send and hides the retransmit
+    nft(f"""flush ruleset
+table inet t {{ chain in {{ type filter hook input priority 0;
+  tcp dport {port} tcp flags & (syn|ack) == syn counter drop comment "syn_dropped"
+  }}
+}}""")
+
+
+def syn_timeout() -> dict:
+    netns_setup(tcp_syn_retries=1)
+    port = 9
+    _drop_syns_to(port)
+    c = socket.socket()
+    t0 = time.monotonic()
+    err = c.connect_ex((LO4, port))
+    took = time.monotonic() - t0
+    assert err == errno.ETIMEDOUT, err
+    name = failed_name(c)
+    c.close()
+    sent = nft_counters()["syn_dropped"]
+    return {"expect": [expect(name, (LO4, port), 4, "active", "timeout", syn_retransmits=sent - 1,
+                              states=["CLOSE", "SYN_SENT", "CLOSE"], **me())],
+            "took_s": took}
+
+
+def unreachable() -> dict:
+    port = 9
+    nft(f"""flush ruleset
+table inet t {{ chain in {{ type filter hook input priority 0;
+  tcp dport {port} tcp flags & (syn|ack) == syn counter reject with icmp type host-unreachable comment "rejected"
+  }}
+}}""")
+    c = socket.socket()
+    err = c.connect_ex((LO4, port))
+    assert err == errno.EHOSTUNREACH, err
+    name = failed_name(c)
+    c.close()
+    return {"expect": [expect(name, (LO4, port), 4, "active", "unreachable",
+                              errno=errno.EHOSTUNREACH, states=["CLOSE", "SYN_SENT", "CLOSE"], **me())]}
+
+
+def abort_syn_sent() -> dict:
+    port = 9
+    _drop_syns_to(port)
+    c = socket.socket()
+    c.setblocking(False)
+    assert c.connect_ex((LO4, port)) == errno.EINPROGRESS
+    time.sleep(0.05)
+    name = failed_name(c)
+    c.close()  # the application gives up while still in SYN_SENT
+    return {"expect": [expect(name, (LO4, port), 4, "active", "aborted", syn_retransmits=0,
+                              states=["CLOSE", "SYN_SENT", "CLOSE"], **me())]}
+
+
+def synack_loss() -> dict:
+    """The client never sees a SYN-ACK: its SYNs time out, and the listener's request socket
+    re-sends SYN-ACKs until tcp_synack_retries runs out. Only tcp_retransmit_synack sees it."""
+    netns_setup(tcp_syn_retries=1, tcp_synack_retries=1)
+    srv = socket.socket()
+    srv.bind((LO4, 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    nft(f"""flush ruleset
+table inet t {{ chain in {{ type filter hook input priority 0;
+  tcp sport {port} tcp flags & (syn|ack) == syn|ack counter drop comment "synack_dropped"
+  }}
+}}""")
+    c = socket.socket()
+    err = c.connect_ex((LO4, port))
+    assert err == errno.ETIMEDOUT, err
+    name = failed_name(c)
+    c.close()
+    time.sleep(1.5)  # the request's last timer runs after the client gave up
+    dropped = nft_counters()["synack_dropped"]
+    srv.close()
+    return {"expect": [
+        expect(name, (LO4, port), 4, "active", "timeout", **me()),
+        expect((LO4, port), name, 4, "passive", "timeout", synack_retransmits=dropped - 1,
+               pid=None, comm=None)]}
+
+
+def burst(count: int = 1200) -> dict:
+    """`count` connections in flight at once: non-blocking connect()s to one listener."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 3 * count + 64), max(hard, 3 * count + 64)))
+    srv = socket.socket()
+    srv.bind((LO4, 0))
+    srv.listen(4096)
+    addr = srv.getsockname()
+    clients = []
+    for _ in range(count):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(addr)
+        clients.append(c)
+    accepted = []
+    srv.settimeout(10)
+    while len(accepted) < count:
+        accepted.append(srv.accept()[0])
+    ok = sum(1 for c in clients if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+    for s in clients + accepted:
+        s.close()
+    srv.close()
+    return {"count": count, "clients_ok": ok, "accepted": len(accepted)}
+
+
+SCENARIOS = {
+    "normal4": lambda: normal(4), "normal6": lambda: normal(6),
+    "self4": lambda: self_connect(4), "self6": lambda: self_connect(6),
+    "crossed4": lambda: crossed(4), "crossed6": lambda: crossed(6),
+    "refused": refused, "syn_timeout": syn_timeout, "unreachable": unreachable,
+    "abort_syn_sent": abort_syn_sent, "synack_loss": synack_loss, "burst": burst,
+}
+
+
+def main(name: str) -> None:
+    if name not in ("syn_timeout", "synack_loss"):
+        netns_setup()
+    result = SCENARIOS[name]()
+    result.update(scenario=name, netns=os.stat("/proc/self/ns/net").st_ino, pid=os.getpid())
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
