@@ -88,3 +88,16 @@ def decode(buf: bytes) -> Record:
 
 PROBE_NAMES = {PROBE_STATE: "state", PROBE_RST_IN: "rst_in", PROBE_SYN_IN: "syn_in",
                PROBE_SYNACK_OUT: "synack_out", PROBE_DESTROY: "destroy"}
+
+
+def field_offsets() -> dict[str, int]:
+    """Byte offset of every named field, from the format itself (checked against bcc's view)."""
+    out, fmt = {}, "<"
+    codes = [c for c in _FORMAT[1:].replace("16s", "S").replace("8s", "E").replace("6x", "P")]
+    names = iter(FIELDS)
+    for code in codes:
+        part = {"S": "16s", "E": "8s", "P": "6x"}.get(code, code)
+        if code != "P":
+            out[next(names)] = struct.calcsize(fmt)
+        fmt += part
+    return out

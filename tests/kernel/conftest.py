@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.kernel.harness import delete_namespaces, run_scenario  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = Path(__file__).with_name("scenarios.py")
 TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
 
 
@@ -76,26 +76,10 @@ class LiveTracer:
         return rc, "".join(self.stderr)
 
 
-_NAMESPACES: list[str] = []
-
-
-def run_scenario(name: str) -> dict:
-    """Run a scenario in a new named netns. The netns lives until the session ends, so its
-    inode (the records' `netns`) is not reused by a later scenario."""
-    ns = f"tcptrace-test-{os.getpid()}-{len(_NAMESPACES)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    _NAMESPACES.append(ns)
-    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(SCENARIOS), name],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, f"scenario {name} failed: {out.stderr}"
-    return json.loads(out.stdout)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _delete_namespaces():
     yield
-    for ns in _NAMESPACES:
-        subprocess.run(["ip", "netns", "delete", ns], check=False)
+    delete_namespaces()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ tracer (tracepoint backend, the one this kernel allows)."""
 
 import pytest
 
-from .conftest import run_scenario
+from .harness import run_scenario
 
 KEYS = ("path", "outcome", "family", "saddr", "sport", "daddr", "dport")
 

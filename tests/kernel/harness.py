@@ -1,0 +1,28 @@
+"""Runs tests/kernel/scenarios.py in named network namespaces (shared by the real-kernel
+tests and tests/fixtures/capture.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCENARIOS = Path(__file__).with_name("scenarios.py")
+_NAMESPACES: list[str] = []
+
+
+def run_scenario(name: str) -> dict:
+    """Run a scenario in a new named netns. The netns lives until the session ends, so its
+    inode (the records' `netns`) is not reused by a later scenario."""
+    ns = f"tcptrace-test-{os.getpid()}-{len(_NAMESPACES)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    _NAMESPACES.append(ns)
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(SCENARIOS), name],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"scenario {name} failed: {out.stderr}"
+    return json.loads(out.stdout)
+
+
+def delete_namespaces() -> None:
+    while _NAMESPACES:
+        subprocess.run(["ip", "netns", "delete", _NAMESPACES.pop()], check=False)

@@ -1,0 +1,51 @@
+"""Decoder tests on records recorded from the real kernel (tests/fixtures)."""
+
+import pytest
+
+from tcptrace_bpf import wire
+from tests import fixtures
+
+
+@pytest.mark.parametrize("name", fixtures.names())
+def test_every_recorded_record_decodes(name):
+    doc = fixtures.load(name)
+    assert doc["wire_version"] == wire.WIRE_VERSION
+    assert doc["raw"], "fixture holds no records"
+    for raw in doc["raw"]:
+        assert len(raw) == wire.RECORD_SIZE
+        rec = wire.decode(raw)
+        assert rec.kind in (wire.KIND_OPEN, wire.KIND_REQ_SYNACK_RTX)
+        assert rec.family == doc["expect"][0]["family"]
+        assert rec.ts_ns > 0 and rec.netns > 0
+
+
+def test_tuple_and_process_decode_as_the_scenario_saw_them():
+    doc = fixtures.load("normal6")
+    active = wire.decode(doc["raw"][0])
+    exp = doc["expect"][0]
+    assert (active.saddr, active.sport, active.daddr, active.dport) == \
+        (exp["saddr"], exp["sport"], exp["daddr"], exp["dport"])
+    assert active.pid == exp["pid"] and active.comm == exp["comm"]
+
+
+def test_short_record_is_a_decode_error():
+    raw = fixtures.load("refused")["raw"][0]
+    with pytest.raises(wire.DecodeError, match="expected 112"):
+        wire.decode(raw[:50])
+
+
+@pytest.mark.parametrize("field,msg", [("kind", "unknown record kind"),
+                                       ("family", "unknown address family"),
+                                       ("nstates", "states, at most")])
+def test_corrupt_fields_are_decode_errors(field, msg):
+    raw = bytearray(fixtures.load("refused")["raw"][0])
+    raw[wire.field_offsets()[field]] = 99
+    with pytest.raises(wire.DecodeError, match=msg):
+        wire.decode(bytes(raw))
+
+
+def test_field_offsets_follow_the_c_layout():
+    off = wire.field_offsets()
+    assert off["ts_ns"] == 0 and off["saddr"] == 24 and off["netns"] == 56
+    assert off["kind"] == 74 and off["states"] == 81 and off["comm"] == 96
+    assert wire.RECORD_SIZE == 112
