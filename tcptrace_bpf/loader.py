@@ -3,8 +3,10 @@ polls the ring buffer and reads the kernel-side loss counters."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import tempfile
 import platform
 from dataclasses import dataclass, field
 from enum import Enum
@@ -143,6 +145,23 @@ def _kprobes_possible() -> Optional[str]:
     return None
 
 
+@contextlib.contextmanager
+def _kernel_messages():
+    """Capture what libbcc/libbpf write to fd 2 during a trial load; yields a getter of the
+    first meaningful line. Replayed to stderr only if the load then succeeds with warnings."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        text: list[str] = []
+        try:
+            yield lambda: next((line.strip() for line in text if line.strip()), "")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text.extend(tmp.read().decode(errors="replace").splitlines())
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -167,9 +186,12 @@ class Tracer:
                 tried.append(f"kprobe: {why}")
                 continue
             try:
-                bpf = _load(bcc, backend, cflags(backend, settings, offsets))
+                with _kernel_messages() as said:
+                    bpf = _load(bcc, backend, cflags(backend, settings, offsets))
             except Exception as exc:  # bcc raises bare Exception for compile/load/attach
-                tried.append(f"{backend.value}: {_first_line(exc)}")
+                # libbpf's own line ("Failed to load program: Operation not permitted")
+                # says more than bcc's exception ("Need super-user privileges")
+                tried.append(f"{backend.value}: {said() or _first_line(exc)}")
                 continue
             tried.append(f"{backend.value}: loaded")
             return cls(bpf, Capabilities(backend, offsets_from, headers,
@@ -194,6 +216,21 @@ class Tracer:
 
     def tracked_sockets(self) -> int:
         return sum(1 for _ in self.bpf["opens"].keys())
+
+    def compiled_record_type(self):
+        """struct tcptrace_record as bcc compiled it (a ctypes class), for the wire test.
+        bcc's own helper does not know the __uN types, so the fields are mapped here."""
+        import re
+        from bcc.libbcc import lib
+        scalar = {"__u64": ctypes.c_uint64, "__u32": ctypes.c_uint32, "__u16": ctypes.c_uint16,
+                  "__u8": ctypes.c_uint8, "char": ctypes.c_char}
+        fields = []
+        module, name = self.bpf.module, b"events"
+        for i in range(lib.bpf_perf_event_fields(module, name)):
+            fname, ftype = lib.bpf_perf_event_field(module, name, i).decode().split("#", 1)
+            m = re.match(r"(\S+) ?\[(\d+)\]$", ftype)
+            fields.append((fname, scalar[m.group(1)] * int(m.group(2)) if m else scalar[ftype]))
+        return type("tcptrace_record", (ctypes.Structure,), {"_fields_": fields})
 
     def close(self) -> None:
         if self.bpf is not None:

@@ -28,7 +28,7 @@ class Match:
     port: Optional[int] = None
     family: Optional[int] = None
 
-    def __call__(self, rec: OpenRecord) -> bool:
+    def __call__(self, rec: Union[OpenRecord, ProbeEvent]) -> bool:
         if self.port is not None and self.port not in (rec.sport, rec.dport):
             return False
         return self.family is None or rec.family == self.family
@@ -75,7 +75,8 @@ class Tracker:
         if rec.kind == wire.KIND_REQ_SYNACK_RTX:
             self._request_resent(rec)
             return []
-        return [self._event(rec)]
+        event = self._event(rec)
+        return [event] if self.match(event) else []
 
     def expire(self, now_ns: int) -> list[OpenRecord]:
         """Report requests whose SYN-ACK budget ran out by `now_ns` (monotonic)."""

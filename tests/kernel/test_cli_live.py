@@ -1,0 +1,74 @@
+"""The trace command end to end: filters, --events, signals, summary, privileges."""
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import require
+
+from .conftest import ROOT, TOOL, LiveTracer, kernel_ready
+
+REQUIRED_KEYS = {"ts", "path", "outcome", "family", "saddr", "sport", "daddr", "dport", "states",
+                 "duration_s", "syn_retransmits", "synack_retransmits", "pid", "comm", "netns"}
+PORT = 47123
+
+
+def _connect_pair(port: int) -> None:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen()
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = srv.accept()
+    for s in (c, a, srv):
+        s.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_filters_events_and_clean_exit_on_signal(sig):
+    kernel_ready()
+    t = LiveTracer("--attach", "tracepoint", "--port", str(PORT), "--family", "4", "--events")
+    _connect_pair(PORT)
+    _connect_pair(PORT + 1)  # filtered out by --port
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum("path" in r for r in t.records) < 2:
+        time.sleep(0.05)
+    rc, err = t.stop(sig)
+    assert rc == 0, err
+    opens = [r for r in t.records if "path" in r]
+    events = [r for r in t.records if "event" in r]
+    assert sorted(r["path"] for r in opens) == ["active", "passive"]
+    assert all(REQUIRED_KEYS <= set(r) for r in opens)
+    assert all(PORT in (r["sport"], r["dport"]) for r in t.records)
+    # the client's state changes, as raw events: CLOSE>SYN_SENT, SYN_SENT>ESTABLISHED, ...
+    states = [(e["old_state"], e["new_state"]) for e in events if e["event"] == "state"]
+    assert ("SYN_SENT", "ESTABLISHED") in states and ("LISTEN", "SYN_RECV") in states
+    assert "tcptrace-bpf summary (backend tracepoint)" in err
+    assert "  active       established 1\n" in err and "  passive      established 1\n" in err
+    assert "events lost: 0" in err
+    assert "Traceback" not in err
+
+
+def test_duration_ends_the_run():
+    kernel_ready()
+    out = subprocess.run(TOOL + ["trace", "--attach", "tracepoint", "--duration", "0.5"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "tcptrace-bpf summary" in out.stderr
+
+
+def test_not_root_is_one_line_exit_1():
+    kernel_ready()
+    require(shutil.which("setpriv") is not None, "needs setpriv")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          "--inh-caps=-all", *TOOL, "trace"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "tcptrace-bpf: error: must run as root (loading BPF programs needs CAP_BPF, "
+        "CAP_PERFMON and CAP_SYS_ADMIN on this kernel)"]
