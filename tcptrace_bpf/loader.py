@@ -247,11 +247,11 @@ class Tracer:
 def _load(bcc, backend: Backend, flags: list[str]):
     # Tracepoint and fentry programs attach as the module loads (bcc autoload);
     # a refused fentry load raises here, which is the trial.
-    bpf = bcc.BPF(src_file=str(BPF_SOURCE), cflags=flags)
+    bpf = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=flags)
     try:
         if backend is Backend.KPROBE:
             for event, fn in KPROBES.items():
-                bpf.attach_kprobe(event=event, fn_name=fn)
+                bpf.attach_kprobe(event=event.encode(), fn_name=fn.encode())
     except Exception:
         bpf.cleanup()
         raise
@@ -264,8 +264,8 @@ def verify_kprobe_programs(settings: Settings = Settings()) -> list[str]:
     bcc = import_bcc()
     kernel_headers()
     offsets, _ = offset_cflags()
-    bpf = bcc.BPF(src_file=str(BPF_SOURCE), cflags=cflags(Backend.KPROBE, settings, offsets))
+    bpf = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=cflags(Backend.KPROBE, settings, offsets))
     try:
-        return [fn for fn in KPROBES.values() if bpf.load_func(fn, bcc.BPF.KPROBE).fd >= 0]
+        return [fn for fn in KPROBES.values() if bpf.load_func(fn.encode(), bcc.BPF.KPROBE).fd >= 0]
     finally:
         bpf.cleanup()

@@ -59,7 +59,7 @@ def test_fentry_programs_compile():
     offsets, _ = loader.offset_cflags()
     flags = loader.cflags(loader.Backend.FENTRY, loader.Settings(), offsets)
     try:
-        bpf = bcc.BPF(src_file=str(loader.BPF_SOURCE), cflags=flags)
+        bpf = bcc.BPF(src_file=str(loader.BPF_SOURCE).encode(), cflags=flags)
     except Exception as exc:
         assert "compile" not in str(exc).lower(), exc
     else:
