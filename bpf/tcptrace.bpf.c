@@ -152,6 +152,8 @@ static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old,
 	r.skaddr = key;
 	r.netns = netns_of(sk);
 	push_state(&r, old);
+	if (!now)
+		r.flags |= TT_F_NO_START;
 	if (old == TCP_CLOSE) {
 		/* connect() runs in the caller's context: attribute the open to it. */
 		r.pid = bpf_get_current_pid_tgid() >> 32;

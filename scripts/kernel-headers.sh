@@ -19,13 +19,13 @@ if [ -e "/lib/modules/$KV/build/include/linux/kconfig.h" ]; then
 fi
 if [ -e "$DEST/.ready" ]; then log "using $DEST"; exit 0; fi
 if apt-cache show "linux-headers-$KV" >/dev/null 2>&1; then
-  log "installing linux-headers-$KV"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "linux-headers-$KV" >/dev/null
+  "$(dirname "$0")/apt-install.sh" "linux-headers-$KV"
   exit 0
 fi
 [ -r /proc/config.gz ] || { log "no headers for $KV and no /proc/config.gz to build them from"; exit 1; }
 
 log "no headers packaged for $KV: building a tree from $SUITE's $SRC_PKG (about a minute)"
+"$(dirname "$0")/apt-install.sh" make gcc flex bison bc libelf-dev libssl-dev xz-utils ca-certificates
 work=$(mktemp -d /var/tmp/tcptrace-headers.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # A private apt configuration for $SUITE: nothing is installed on the system from it.

@@ -8,19 +8,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { echo "setup: must run as root (apt, mounts, headers)" >&2; exit 1; }
 
-# System packages: bcc's Python module comes from Debian (python3-bpfcc), not PyPI.
-PKGS=(python3-bpfcc python3-venv nftables iproute2 bpftool make gcc flex bison bc
-      libelf-dev libssl-dev xz-utils ca-certificates)
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# System packages: bcc's Python module comes from the distribution (python3-bpfcc), not
+# PyPI; nftables and iproute2 drive the real-kernel tests.
+scripts/apt-install.sh python3-bpfcc python3-venv nftables iproute2 util-linux
 
 scripts/mount-tracefs.sh
 scripts/kernel-headers.sh
