@@ -9,8 +9,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 [ "$(id -u)" -eq 0 ] || { echo "setup: must run as root (apt, mounts, headers)" >&2; exit 1; }
 
 # System packages: bcc's Python module comes from the distribution (python3-bpfcc), not
-# PyPI; nftables and iproute2 drive the real-kernel tests.
-scripts/apt-install.sh python3-bpfcc python3-venv nftables iproute2 util-linux
+# PyPI; nftables and iproute2 drive the real-kernel tests, prometheus (server and
+# promtool) checks the exporter, dashboard and alert rules.
+scripts/apt-install.sh python3-bpfcc python3-venv nftables iproute2 util-linux prometheus
 
 scripts/mount-tracefs.sh
 scripts/kernel-headers.sh

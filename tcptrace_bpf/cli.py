@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import __version__
+from .http import DEFAULT_LISTEN
 from .loader import LoaderError, Settings
 from .session import Options, run
 from .sinks import jsonl, text
@@ -21,6 +23,12 @@ Examples:\n
   tcptrace-bpf trace --json --port 443    # JSON lines for opens to/from port 443\n
   tcptrace-bpf trace --duration 60 --family 6 > opens.txt\n
   tcptrace-bpf trace --attach tracepoint  # force the tracepoint backend
+"""
+
+EXPORT_EXAMPLES = f"""
+Examples:\n
+  tcptrace-bpf export                       # http://{DEFAULT_LISTEN}/metrics\n
+  tcptrace-bpf export --listen 0.0.0.0:9725 --tls-cert cert.pem --tls-key key.pem
 """
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -69,6 +77,64 @@ def trace(
         raise typer.Exit(1)
     except BrokenPipeError:
         raise typer.Exit(0)
+    print(text.summary(tracker.counts, end["lost"], end["extra"]["backend"],
+                       {k: v for k, v in end["extra"].items() if k != "backend"}), file=sys.stderr)
+
+
+@app.command(epilog=EXPORT_EXAMPLES)
+def export(
+    listen: str = typer.Option(DEFAULT_LISTEN, help="HOST:PORT to serve /metrics on. "
+                               "Loopback by default; 0.0.0.0:PORT exposes it to the network."),
+    attach: Attach = typer.Option(Attach.auto, help="Backend, as for trace."),
+    tls_cert: Optional[Path] = typer.Option(None, help="Serve HTTPS with this PEM certificate."),
+    tls_key: Optional[Path] = typer.Option(None, help="Private key of --tls-cert (if not inside it)."),
+    basic_auth_user: Optional[str] = typer.Option(None, help="Require HTTP basic auth as this user."),
+    basic_auth_password_file: Optional[Path] = typer.Option(None, help="File holding that user's password."),
+    max_sockets: int = typer.Option(65536, min=64, help="Kernel table size: handshakes tracked at once."),
+):
+    """Serve Prometheus metrics of every connection open (metric names: README)."""
+    from prometheus_client import CollectorRegistry
+
+    from . import http
+    from .buckets import buckets_from_sysctls
+    from .session import lost_events
+    from .sinks.prometheus import OpenMetrics, SelfMetrics
+
+    try:
+        host, port = http.parse_listen(listen)
+        password = None
+        if basic_auth_user:
+            if not basic_auth_password_file:
+                raise http.ListenError("--basic-auth-user needs --basic-auth-password-file")
+            try:
+                password = basic_auth_password_file.read_text().strip()
+            except OSError as exc:
+                raise http.ListenError(f"cannot read {basic_auth_password_file}: {exc.strerror}") from None
+        if tls_key and not tls_cert:
+            raise http.ListenError("--tls-key needs --tls-cert")
+        registry = CollectorRegistry()
+        metrics = OpenMetrics(registry, buckets_from_sysctls())
+        server = http.serve(http.Endpoint(host, port, str(tls_cert) if tls_cert else None,
+                                          str(tls_key) if tls_key else None,
+                                          basic_auth_user, password), registry)
+    except http.ListenError as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(1)
+
+    def on_start(tracer, tracker):
+        registry.register(SelfMetrics(__version__, tracer.caps.backend.value,
+                                      lambda: lost_events(tracer, tracker), tracer.tracked_sockets))
+
+    scheme = "https" if tls_cert else "http"
+    opts = Options(attach=attach.value, settings=Settings(max_sockets=max_sockets))
+    try:
+        tracker, end = run(opts, emit=metrics.observe, flush=lambda: None, on_start=on_start,
+                           announce=lambda m: _say(f"{m}; serving {scheme}://{listen}/metrics"))
+    except LoaderError as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(1)
+    finally:
+        server.shutdown()
     print(text.summary(tracker.counts, end["lost"], end["extra"]["backend"],
                        {k: v for k, v in end["extra"].items() if k != "backend"}), file=sys.stderr)
 

@@ -28,8 +28,14 @@ def epoch_offset() -> float:
     return time.time() - time.monotonic()
 
 
+def lost_events(tracer: Tracer, tracker: Tracker) -> dict[str, int]:
+    """Everything not turned into output, kernel side and Python side, by reason."""
+    return {**tracer.kernel_lost(), **tracker.lost}
+
+
 def run(opts: Options, emit: Callable[[object], None], flush: Callable[[], None],
-        announce: Callable[[str], None]) -> tuple[Tracker, dict]:
+        announce: Callable[[str], None],
+        on_start: Optional[Callable[[Tracer, Tracker], None]] = None) -> tuple[Tracker, dict]:
     if os.geteuid() != 0:
         raise LoaderError("must run as root (loading BPF programs needs CAP_BPF, "
                           "CAP_PERFMON and CAP_SYS_ADMIN on this kernel)")
@@ -48,6 +54,8 @@ def run(opts: Options, emit: Callable[[object], None], flush: Callable[[], None]
                     emit(item)
 
             tracer.open_ring(on_record)
+            if on_start:
+                on_start(tracer, tracker)
             announce(tracer.caps.describe())
             deadline = None if opts.duration is None else time.monotonic() + opts.duration
             while not stop["now"] and (deadline is None or time.monotonic() < deadline):
@@ -57,8 +65,7 @@ def run(opts: Options, emit: Callable[[object], None], flush: Callable[[], None]
                 flush()
             tracer.drain()
             flush()
-            lost = dict(tracker.lost)
-            lost.update({k: v for k, v in tracer.kernel_lost().items()})
+            lost = lost_events(tracer, tracker)
             extra = {"backend": tracer.caps.backend.value,
                      "unresolved requests": tracker.pending_requests,
                      "sockets mid-handshake at exit": tracer.tracked_sockets()}

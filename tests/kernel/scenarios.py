@@ -257,12 +257,35 @@ def burst(count: int = 1200) -> dict:
     return {"count": count, "clients_ok": ok, "accepted": len(accepted)}
 
 
+def refused_many(count: int = 10) -> dict:
+    return {"results": [refused() for _ in range(count)]}
+
+
+def held_in_syn_sent(count: int = 300) -> dict:
+    """`count` sockets in SYN_SENT at once (their SYNs dropped), then closed: more handshakes
+    in flight than a small kernel table holds."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4 * count, 4 * count))
+    port = 9
+    _drop_syns_to(port)
+    socks = []
+    for _ in range(count):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex((LO4, port))
+        socks.append(c)
+    time.sleep(0.2)
+    for c in socks:
+        c.close()
+    return {"count": count}
+
+
 SCENARIOS = {
     "normal4": lambda: normal(4), "normal6": lambda: normal(6),
     "self4": lambda: self_connect(4), "self6": lambda: self_connect(6),
     "crossed4": lambda: crossed(4), "crossed6": lambda: crossed(6),
     "refused": refused, "syn_timeout": syn_timeout, "unreachable": unreachable,
     "abort_syn_sent": abort_syn_sent, "synack_loss": synack_loss, "burst": burst,
+    "refused_many": refused_many, "held_in_syn_sent": held_in_syn_sent,
 }
 
 
