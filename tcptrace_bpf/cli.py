@@ -52,6 +52,12 @@ def _say(msg: str) -> None:
     print(f"tcptrace-bpf: {msg}", file=sys.stderr, flush=True)
 
 
+def _summary(tracker, end: dict) -> None:
+    extra = dict(end["extra"])
+    backend = extra.pop("backend")
+    print(text.summary(tracker.counts, end["lost"], backend, extra), file=sys.stderr)
+
+
 @app.command(epilog=EXAMPLES)
 def trace(
     json_out: bool = typer.Option(False, "--json", help="One JSON object per line."),
@@ -77,8 +83,7 @@ def trace(
         raise typer.Exit(1)
     except BrokenPipeError:
         raise typer.Exit(0)
-    print(text.summary(tracker.counts, end["lost"], end["extra"]["backend"],
-                       {k: v for k, v in end["extra"].items() if k != "backend"}), file=sys.stderr)
+    _summary(tracker, end)
 
 
 @app.command(epilog=EXPORT_EXAMPLES)
@@ -135,8 +140,7 @@ def export(
         raise typer.Exit(1)
     finally:
         server.shutdown()
-    print(text.summary(tracker.counts, end["lost"], end["extra"]["backend"],
-                       {k: v for k, v in end["extra"].items() if k != "backend"}), file=sys.stderr)
+    _summary(tracker, end)
 
 
 @app.command()
