@@ -11,7 +11,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # System packages: bcc's Python module comes from the distribution (python3-bpfcc), not
 # PyPI; nftables and iproute2 drive the real-kernel tests, prometheus (server and
 # promtool) checks the exporter, dashboard and alert rules.
-scripts/apt-install.sh python3-bpfcc python3-venv nftables iproute2 util-linux prometheus
+scripts/apt-install.sh python3-bpfcc python3-venv nftables iproute2 util-linux openssl prometheus
 
 scripts/mount-tracefs.sh
 scripts/kernel-headers.sh
