@@ -147,8 +147,8 @@ def _kprobes_possible() -> Optional[str]:
 
 @contextlib.contextmanager
 def _kernel_messages():
-    """Capture what libbcc/libbpf write to fd 2 during a trial load; yields a getter of the
-    first meaningful line. Replayed to stderr only if the load then succeeds with warnings."""
+    """Capture what libbcc/libbpf write to fd 2 during a trial load (compile warnings are off
+    with -w); yields a getter of the first meaningful line, to explain a refused backend."""
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)

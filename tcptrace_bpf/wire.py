@@ -7,6 +7,7 @@ it against the struct bcc compiled from the C header.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from dataclasses import dataclass
 
@@ -92,12 +93,10 @@ PROBE_NAMES = {PROBE_STATE: "state", PROBE_RST_IN: "rst_in", PROBE_SYN_IN: "syn_
 
 def field_offsets() -> dict[str, int]:
     """Byte offset of every named field, from the format itself (checked against bcc's view)."""
-    out, fmt = {}, "<"
-    codes = [c for c in _FORMAT[1:].replace("16s", "S").replace("8s", "E").replace("6x", "P")]
+    out, offset = {}, 0
     names = iter(FIELDS)
-    for code in codes:
-        part = {"S": "16s", "E": "8s", "P": "6x"}.get(code, code)
-        if code != "P":
-            out[next(names)] = struct.calcsize(fmt)
-        fmt += part
+    for token in re.findall(r"\d*[a-zA-Z]", _FORMAT[1:]):
+        if not token.endswith("x"):  # padding has no name
+            out[next(names)] = offset
+        offset += struct.calcsize("<" + token)
     return out

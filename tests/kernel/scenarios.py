@@ -76,11 +76,10 @@ def normal(fam: int) -> dict:
     cli = socket.create_connection(srv.getsockname()[:2])
     conn, _ = srv.accept()
     c, s = cli.getsockname()[:2], srv.getsockname()[:2]
-    out = [expect(c, s, fam, "active", "established", syn_retransmits=0, synack_retransmits=0, **me()),
+    out = [expect(c, s, fam, "active", "established", syn_retransmits=0, synack_retransmits=0,
+                  states=["CLOSE", "SYN_SENT", "ESTABLISHED"], **me()),
            expect(s, c, fam, "passive", "established", syn_retransmits=0, synack_retransmits=0,
-                  pid=None, comm=None,
-                  states=["LISTEN", "SYN_RECV", "ESTABLISHED"])]
-    out[0]["states"] = ["CLOSE", "SYN_SENT", "ESTABLISHED"]
+                  states=["LISTEN", "SYN_RECV", "ESTABLISHED"], pid=None, comm=None)]
     cli.close(), conn.close(), srv.close()
     return {"expect": out}
 
