@@ -2,7 +2,7 @@
  * record per resolved open. Compiled by bcc with -D flags built in tcptrace_bpf/loader.py:
  *   BACKEND_TRACEPOINT | BACKEND_KPROBE | BACKEND_FENTRY   which hooks to build
  *   OFF_*                 struct offsets from the running kernel's BTF (header offsets otherwise)
- *   MAX_SOCKETS, RINGBUF_PAGES, TCPTRACE_EVENTS
+ *   MAX_SOCKETS, MAX_LISTENERS, RINGBUF_PAGES, TCPTRACE_EVENTS
  * Every read of a kernel struct goes through an OFF_* offset: header layouts can be wrong
  * for the running kernel (see README "Why BTF offsets"). */
 #include <uapi/linux/ptrace.h>
@@ -16,6 +16,9 @@
 
 #ifndef MAX_SOCKETS
 #define MAX_SOCKETS 65536
+#endif
+#ifndef MAX_LISTENERS
+#define MAX_LISTENERS 16384
 #endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 512
@@ -57,6 +60,8 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
  * replaces (and counts) any stale entry, and tcp_destroy_sock deletes it. */
 BPF_HASH(opens, u64, struct tcptrace_record, MAX_SOCKETS);
 BPF_PERCPU_ARRAY(stats, u64, TT_STAT_MAX);
+/* listening sockets' owners, for passive opens (see struct tcptrace_owner) */
+BPF_HASH(listeners, struct tcptrace_listener_key, struct tcptrace_owner, MAX_LISTENERS);
 
 static __always_inline void count(int idx)
 {
@@ -133,6 +138,7 @@ static __always_inline void emit_event(void *sk, int probe, int old, int new)
 	e.probe = probe;
 	e.ts_ns = bpf_ktime_get_ns();
 	e.skaddr = (u64)sk;
+	e.netns = netns_of(sk);
 	e.nstates = 2;
 	e.states[0] = old;
 	e.states[1] = new;
@@ -143,21 +149,63 @@ static __always_inline void emit_event(void *sk, int probe, int old, int new)
 #define emit_event(sk, probe, old, new) do {} while (0)
 #endif
 
+static __always_inline void listener_key(void *sk, struct tcptrace_listener_key *k)
+{
+	k->netns = netns_of(sk);
+	TT_READ(k->port, sk, OFF_SKC_NUM); /* bound port; inet_sport is set later in listen() */
+}
+
+/* CLOSE > LISTEN runs in listen()'s process context: remember who owns the port. */
+static __always_inline void on_listen(void *sk, bool start)
+{
+	struct tcptrace_listener_key k = {};
+	struct tcptrace_owner o = {};
+
+	listener_key(sk, &k);
+	if (!k.port)
+		return; /* unbound listen(): the port is picked after this event */
+	if (!start) {
+		listeners.delete(&k);
+		return;
+	}
+	o.pid = bpf_get_current_pid_tgid() >> 32;
+	o.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&o.comm, sizeof(o.comm));
+	listeners.update(&k, &o);
+}
+
+static __always_inline void owned_by(struct tcptrace_record *r, struct tcptrace_listener_key *k)
+{
+	struct tcptrace_owner *o = listeners.lookup(k);
+	if (o) {
+		r->pid = o->pid;
+		r->cgroup_id = o->cgroup_id;
+		__builtin_memcpy(r->comm, o->comm, sizeof(r->comm));
+	}
+}
+
 /* A new open begins on this socket: fresh state, replacing any stale entry. */
 static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old, u64 now)
 {
 	struct tcptrace_record r = {};
 	r.kind = TT_KIND_OPEN;
 	r.start_ns = now;
+	r.ts_ns = bpf_ktime_get_ns(); /* last activity, until resolve(): the sweeper's clock */
 	r.skaddr = key;
 	r.netns = netns_of(sk);
 	push_state(&r, old);
+	read_tuple(sk, &r, false);
 	if (!now)
 		r.flags |= TT_F_NO_START;
 	if (old == TCP_CLOSE) {
 		/* connect() runs in the caller's context: attribute the open to it. */
 		r.pid = bpf_get_current_pid_tgid() >> 32;
+		r.cgroup_id = bpf_get_current_cgroup_id();
 		bpf_get_current_comm(&r.comm, sizeof(r.comm));
+	} else {
+		/* a passive child is born in softirq: the listener's owner is the process */
+		struct tcptrace_listener_key k = {.netns = r.netns, .port = r.sport};
+		owned_by(&r, &k);
 	}
 	if (opens.lookup(&key))
 		count(TT_STAT_STALE_ENTRY);
@@ -205,10 +253,8 @@ static __always_inline void on_state(void *sk, int old, int new)
 	emit_event(sk, TT_PROBE_STATE, old, new);
 	if ((old == TCP_CLOSE && new == TCP_SYN_SENT) || (old == TCP_LISTEN && new == TCP_SYN_RECV)) {
 		r = begin(key, sk, old, now);
-		if (r) {
+		if (r)
 			push_state(r, new);
-			read_tuple(sk, r, false);
-		}
 		return;
 	}
 	r = opens.lookup(&key);
@@ -228,6 +274,7 @@ static __always_inline void on_state(void *sk, int old, int new)
 		r->syn_retrans = total;
 	}
 	push_state(r, new);
+	r->ts_ns = now;
 	if (new != TCP_SYN_RECV)
 		resolve(key, sk, r, now);
 }
@@ -258,6 +305,7 @@ static __always_inline void on_destroy(void *sk)
 static __always_inline void on_req_synack_rtx(void *listener, void *req)
 {
 	struct tcptrace_record r = {};
+	struct tcptrace_listener_key k = {};
 	u64 snt_us = 0;
 	u8 nrtx = 0, limit = 0;
 	void *net;
@@ -276,6 +324,8 @@ static __always_inline void on_req_synack_rtx(void *listener, void *req)
 	if (!limit && net)
 		TT_READ(limit, net, OFF_NET_SYNACK_RETRIES);
 	r.synack_budget = limit;
+	listener_key(listener, &k);
+	owned_by(&r, &k);
 	r.nstates = 1;
 	r.states[0] = TCP_NEW_SYN_RECV;
 	submit(&r);
@@ -295,14 +345,25 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 	return 0;
 }
 
-#ifdef BACKEND_TRACEPOINT
+/* Every backend: listen() changes state with inet_sk_state_store(), which no tcp_set_state
+ * probe sees; the tracepoint backend also takes every other transition here. */
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
+	int old = args->oldstate, new = args->newstate;
+
 	if (args->protocol != IPPROTO_TCP)
 		return 0;
-	on_state((void *)args->skaddr, args->oldstate, args->newstate);
+	if (new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE) {
+		on_listen((void *)args->skaddr, new == TCP_LISTEN);
+		return 0;
+	}
+#ifdef BACKEND_TRACEPOINT
+	on_state((void *)args->skaddr, old, new);
+#endif
 	return 0;
 }
+
+#ifdef BACKEND_TRACEPOINT
 
 TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {

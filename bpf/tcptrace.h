@@ -4,7 +4,7 @@
 #ifndef TCPTRACE_H
 #define TCPTRACE_H
 
-#define TCPTRACE_WIRE_VERSION 1
+#define TCPTRACE_WIRE_VERSION 2 /* 2: cgroup_id added after skaddr */
 #define TCPTRACE_MAX_STATES 8
 #define TCPTRACE_COMM_LEN 16
 
@@ -37,10 +37,12 @@ struct tcptrace_record {
 	__u64 ts_ns;          /* CLOCK_MONOTONIC (bpf_ktime_get_ns) at resolution */
 	__u64 start_ns;       /* when the open began on this socket, 0 if unknown */
 	__u64 skaddr;         /* socket (or request socket) address: identity while alive */
+	__u64 cgroup_id;      /* cgroup v2 id of the process below, 0 when unknown */
 	__u8  saddr[16];      /* local address; IPv4 uses the first 4 bytes */
 	__u8  daddr[16];      /* peer address */
 	__u32 netns;          /* network namespace inode */
-	__u32 pid;            /* tgid that called connect(); 0 when none (passive) */
+	__u32 pid;            /* tgid that called connect(), or that owns the listener (passive);
+	                       * 0 when unknown */
 	__u32 passive_us;     /* passive child: SYN-ACK sent -> final ACK, as the kernel timed it */
 	__u16 sport;          /* local port, host order */
 	__u16 dport;          /* peer port, host order */
@@ -56,6 +58,22 @@ struct tcptrace_record {
 	__u8  synack_budget;  /* request records: SYN-ACK re-sends the kernel allows */
 	__u8  _pad[6];
 	char  comm[TCPTRACE_COMM_LEN];
+};
+
+/* Who owns a listening socket: taken at listen() (process context) and seeded from /proc for
+ * listeners older than the tracer, so that passive children, born in softirq, can be
+ * attributed. Key: network namespace and local port (a v6 listener also takes v4). */
+struct tcptrace_listener_key {
+	__u32 netns;
+	__u16 port;
+	__u16 _pad;
+};
+
+struct tcptrace_owner {
+	__u64 cgroup_id;
+	__u32 pid;
+	char  comm[TCPTRACE_COMM_LEN];
+	__u8  _pad[4];
 };
 
 #endif

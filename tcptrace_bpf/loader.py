@@ -173,6 +173,7 @@ class Tracer:
     def __init__(self, bpf, caps: Capabilities):
         self.bpf, self.caps = bpf, caps
         self._ring = None
+        self.half_open_expired = 0  # table entries dropped by expire_half_open()
 
     @classmethod
     def start(cls, attach: str = "auto", settings: Settings = Settings()) -> "Tracer":
@@ -212,10 +213,41 @@ class Tracer:
 
     def kernel_lost(self) -> dict[str, int]:
         stats = self.bpf["stats"]
-        return {name: int(sum(stats[ctypes.c_int(i)])) for i, name in enumerate(wire.STAT_NAMES)}
+        lost = {name: int(sum(stats[ctypes.c_int(i)])) for i, name in enumerate(wire.STAT_NAMES)}
+        lost["half_open_expired"] = self.half_open_expired
+        return lost
 
     def tracked_sockets(self) -> int:
         return sum(1 for _ in self.bpf["opens"].keys())
+
+    def expire_half_open(self, older_than_ns: int) -> int:
+        """Drop table entries with no activity since `older_than_ns` (monotonic): opens whose
+        end no hook saw. Returns how many went, for the caller to count."""
+        table, gone = self.bpf["opens"], 0
+        for key, rec in list(table.items()):
+            if rec.ts_ns < older_than_ns:
+                try:
+                    del table[key]
+                    gone += 1
+                except KeyError:
+                    pass  # resolved in the kernel meanwhile
+        self.half_open_expired += gone
+        return gone
+
+    def seed_listeners(self, owners) -> int:
+        """Owners of listeners that predate tracing (procfs.listener_owners()), so their
+        passive opens are attributed too; listen() calls from now on are seen live."""
+        table = self.bpf["listeners"]
+        n = 0
+        for o in owners:
+            key = table.Key(netns=o.netns, port=o.port)
+            if key in table:
+                continue
+            leaf = table.Leaf(cgroup_id=o.cgroup, pid=o.pid)
+            leaf.comm = o.comm.encode()[:15]
+            table[key] = leaf
+            n += 1
+        return n
 
     def compiled_record_type(self):
         """struct tcptrace_record as bcc compiled it (a ctypes class), for the wire test.

@@ -61,10 +61,11 @@ class OpenRecord:
     duration_s: Optional[float]
     syn_retransmits: int
     synack_retransmits: int
-    pid: Optional[int]
+    pid: Optional[int]       # connect() caller; passive: the listener's owner
     comm: Optional[str]
     netns: int
     errno: int = 0           # sk_err when it resolved, 0 if none
+    cgroup: Optional[int] = None  # cgroup v2 id of that process
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +76,7 @@ class OpenRecord:
             "syn_retransmits": self.syn_retransmits,
             "synack_retransmits": self.synack_retransmits,
             "pid": self.pid, "comm": self.comm, "netns": self.netns, "errno": self.errno,
+            "cgroup": self.cgroup,
         }
 
 
@@ -91,6 +93,7 @@ class ProbeEvent:
     dport: int
     old_state: Optional[str]
     new_state: Optional[str]
+    netns: int = 0
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)

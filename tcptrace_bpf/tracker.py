@@ -24,14 +24,27 @@ _EXPIRY_SLACK_S = 1.0
 
 @dataclass(frozen=True)
 class Match:
-    """Which opens to keep: --port (either side), --family."""
+    """Which opens to keep: --port (either side), --family, --pid, --netns, --cgroup.
+    Raw probe events carry no process, so --pid and --cgroup leave them out."""
     port: Optional[int] = None
     family: Optional[int] = None
+    pid: Optional[int] = None
+    netns: Optional[int] = None
+    cgroup: Optional[int] = None
 
     def __call__(self, rec: Union[OpenRecord, ProbeEvent]) -> bool:
         if self.port is not None and self.port not in (rec.sport, rec.dport):
             return False
-        return self.family is None or rec.family == self.family
+        if self.family is not None and rec.family != self.family:
+            return False
+        if self.netns is not None and rec.netns != self.netns:
+            return False
+        if self.pid is None and self.cgroup is None:
+            return True
+        if isinstance(rec, ProbeEvent):
+            return False
+        return ((self.pid is None or rec.pid == self.pid)
+                and (self.cgroup is None or rec.cgroup == self.cgroup))
 
 
 @dataclass
@@ -146,7 +159,8 @@ class Tracker:
             family=rec.family, saddr=rec.saddr, sport=rec.sport, daddr=rec.daddr,
             dport=rec.dport, states=tuple(S.name_of(s) for s in rec.states),
             duration_s=duration, syn_retransmits=syn_rtx, synack_retransmits=synack_rtx,
-            pid=rec.pid or None, comm=rec.comm or None, netns=rec.netns, errno=rec.sk_err)
+            pid=rec.pid or None, comm=rec.comm or None, netns=rec.netns, errno=rec.sk_err,
+            cgroup=rec.cgroup_id or None)
 
     def _keep(self, rec: OpenRecord) -> Optional[OpenRecord]:
         if not self.match(rec):
@@ -182,7 +196,8 @@ class Tracker:
             skaddr=rec.skaddr, family=rec.family, saddr=rec.saddr, sport=rec.sport,
             daddr=rec.daddr, dport=rec.dport,
             old_state=S.name_of(rec.states[0]) if rec.states else None,
-            new_state=S.name_of(rec.states[1]) if len(rec.states) > 1 else None)
+            new_state=S.name_of(rec.states[1]) if len(rec.states) > 1 else None,
+            netns=rec.netns)
 
 
 def _tuple_key(rec: wire.Record) -> tuple:

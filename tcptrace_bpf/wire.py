@@ -11,7 +11,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 MAX_STATES = 8
 AF_INET, AF_INET6 = 2, 10
 
@@ -21,12 +21,27 @@ F_RST_IN, F_SYN_IN, F_SYNACK_OUT, F_NO_START, F_DESTROYED = 0x01, 0x02, 0x04, 0x
 STAT_NAMES = ("ringbuf_full", "table_full", "stale_entry")  # index = TT_STAT_*
 
 # struct tcptrace_record, field for field (little-endian, no implicit padding)
-_FORMAT = "<QQQ16s16sIIIHHHBBBBBBB8sB6x16s"
+_FORMAT = "<QQQQ16s16sIIIHHHBBBBBBB8sB6x16s"
 RECORD = struct.Struct(_FORMAT)
-RECORD_SIZE = RECORD.size  # 112
-FIELDS = ("ts_ns", "start_ns", "skaddr", "saddr", "daddr", "netns", "pid", "passive_us",
-          "sport", "dport", "family", "kind", "probe", "nstates", "flags", "sk_err",
-          "syn_retrans", "synack_retrans", "states", "synack_budget", "comm")
+RECORD_SIZE = RECORD.size  # 120
+FIELDS = ("ts_ns", "start_ns", "skaddr", "cgroup_id", "saddr", "daddr", "netns", "pid",
+          "passive_us", "sport", "dport", "family", "kind", "probe", "nstates", "flags",
+          "sk_err", "syn_retrans", "synack_retrans", "states", "synack_budget", "comm")
+
+# Older layouts still read (recordings outlive versions): version -> (struct, fields).
+_LAYOUTS = {
+    1: (struct.Struct("<QQQ16s16sIIIHHHBBBBBBB8sB6x16s"),
+        tuple(f for f in FIELDS if f != "cgroup_id")),
+    WIRE_VERSION: (RECORD, FIELDS),
+}
+SUPPORTED_VERSIONS = tuple(sorted(_LAYOUTS))
+
+
+def record_size(version: int) -> int:
+    if version not in _LAYOUTS:
+        raise DecodeError(f"wire format version {version} is not one this tcptrace-bpf reads "
+                          f"(it reads {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    return _LAYOUTS[version][0].size
 
 
 class DecodeError(ValueError):
@@ -40,6 +55,7 @@ class Record:
     ts_ns: int
     start_ns: int
     skaddr: int
+    cgroup_id: int
     family: int
     saddr: str
     sport: int
@@ -64,10 +80,12 @@ def _addr(raw: bytes, family: int) -> str:
     return str(ipaddress.IPv4Address(raw[:4]))
 
 
-def decode(buf: bytes) -> Record:
-    if len(buf) < RECORD_SIZE:
-        raise DecodeError(f"record of {len(buf)} bytes, expected {RECORD_SIZE}")
-    v = dict(zip(FIELDS, RECORD.unpack_from(buf)))
+def decode(buf: bytes, version: int = WIRE_VERSION) -> Record:
+    record_size(version)  # raises for a version this build does not read
+    layout, fields = _LAYOUTS[version]
+    if len(buf) < layout.size:
+        raise DecodeError(f"record of {len(buf)} bytes, expected {layout.size}")
+    v = dict(zip(fields, layout.unpack_from(buf)))
     family, kind, nstates = v["family"], v["kind"], v["nstates"]
     if kind not in (KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT):
         raise DecodeError(f"unknown record kind {kind}")
@@ -77,6 +95,7 @@ def decode(buf: bytes) -> Record:
         raise DecodeError(f"{nstates} states, at most {MAX_STATES}")
     return Record(
         kind=kind, ts_ns=v["ts_ns"], start_ns=v["start_ns"], skaddr=v["skaddr"],
+        cgroup_id=v.get("cgroup_id", 0),
         family=4 if family == AF_INET else 6,
         saddr=_addr(v["saddr"], family), sport=v["sport"],
         daddr=_addr(v["daddr"], family), dport=v["dport"],

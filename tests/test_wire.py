@@ -30,7 +30,7 @@ def test_tuple_and_process_decode_as_the_scenario_saw_them():
 
 def test_short_record_is_a_decode_error():
     raw = fixtures.load("refused")["raw"][0]
-    with pytest.raises(wire.DecodeError, match="expected 112"):
+    with pytest.raises(wire.DecodeError, match="expected 120"):
         wire.decode(raw[:50])
 
 
@@ -46,6 +46,6 @@ def test_corrupt_fields_are_decode_errors(field, msg):
 
 def test_field_offsets_follow_the_c_layout():
     off = wire.field_offsets()
-    assert off["ts_ns"] == 0 and off["saddr"] == 24 and off["netns"] == 56
-    assert off["kind"] == 74 and off["states"] == 81 and off["comm"] == 96
-    assert wire.RECORD_SIZE == 112
+    assert off["ts_ns"] == 0 and off["cgroup_id"] == 24 and off["saddr"] == 32
+    assert off["netns"] == 64 and off["kind"] == 82 and off["states"] == 89
+    assert off["comm"] == 104 and wire.RECORD_SIZE == 120

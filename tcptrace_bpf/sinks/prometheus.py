@@ -15,7 +15,8 @@ from ..model import OpenPath, OpenRecord, Outcome
 disable_created_metrics()
 
 FAMILIES = ("4", "6")
-LOST_REASONS = (*wire.STAT_NAMES, "decode_error", "unknown_transition", "request_evicted")
+LOST_REASONS = (*wire.STAT_NAMES, "half_open_expired", "decode_error", "unknown_transition",
+                "request_evicted")
 
 
 class OpenMetrics:

@@ -17,10 +17,20 @@ def run_scenario(name: str) -> dict:
     ns = f"tcptrace-test-{os.getpid()}-{len(_NAMESPACES)}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     _NAMESPACES.append(ns)
+    env = dict(os.environ, TCPTRACE_TEST_CGROUP=str(cgroup_id()))
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(SCENARIOS), name],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, f"scenario {name} failed: {out.stderr}"
     return json.loads(out.stdout)
+
+
+def cgroup_id(pid: str = "self") -> int:
+    """A process's cgroup v2 id: the inode of its directory in the cgroup2 mount."""
+    rel = next(line.split("::", 1)[1].strip() for line in open(f"/proc/{pid}/cgroup")
+               if line.startswith("0::"))
+    mount = next(line.split()[4] for line in open("/proc/self/mountinfo")
+                 if line.split(" - ")[1].startswith("cgroup2 "))
+    return os.stat(mount + rel).st_ino
 
 
 def delete_namespaces() -> None:

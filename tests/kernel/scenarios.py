@@ -64,7 +64,10 @@ def failed_name(c: socket.socket) -> tuple:
 
 
 def me() -> dict:
-    return {"pid": os.getpid(), "comm": open("/proc/self/comm").read().strip()}
+    """The process an open is attributed to: connect()'s caller, or the listener's owner.
+    Its cgroup id comes from the harness: `ip netns exec` hides the cgroup2 mount."""
+    return {"pid": os.getpid(), "comm": open("/proc/self/comm").read().strip(),
+            "cgroup": int(os.environ["TCPTRACE_TEST_CGROUP"])}
 
 
 # ------------------------------------------------------------------------ scenarios
@@ -79,7 +82,7 @@ def normal(fam: int) -> dict:
     out = [expect(c, s, fam, "active", "established", syn_retransmits=0, synack_retransmits=0,
                   states=["CLOSE", "SYN_SENT", "ESTABLISHED"], **me()),
            expect(s, c, fam, "passive", "established", syn_retransmits=0, synack_retransmits=0,
-                  states=["LISTEN", "SYN_RECV", "ESTABLISHED"], pid=None, comm=None)]
+                  states=["LISTEN", "SYN_RECV", "ESTABLISHED"], **me())]
     cli.close(), conn.close(), srv.close()
     return {"expect": out}
 
@@ -228,7 +231,7 @@ table inet t {{ chain in {{ type filter hook input priority 0;
     return {"expect": [
         expect(name, (LO4, port), 4, "active", "timeout", **me()),
         expect((LO4, port), name, 4, "passive", "timeout", synack_retransmits=dropped - 1,
-               pid=None, comm=None)]}
+               **me())]}
 
 
 def burst(count: int = 1200) -> dict:

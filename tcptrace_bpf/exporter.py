@@ -1,0 +1,59 @@
+"""The Prometheus endpoint as `export` and `replay --listen` share it: validated options,
+a bound socket (before any BPF loads, so a busy port fails fast) and the metrics sink."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from prometheus_client import CollectorRegistry
+
+from . import __version__, http
+from .buckets import buckets_from_sysctls
+from .sinks.prometheus import OpenMetrics, SelfMetrics
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    listen: str = http.DEFAULT_LISTEN
+    tls_cert: Optional[Path] = None
+    tls_key: Optional[Path] = None
+    basic_auth_user: Optional[str] = None
+    basic_auth_password_file: Optional[Path] = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls_cert else 'http'}://{self.listen}/metrics"
+
+
+class Exporter:
+    """Raises http.ListenError (one line) for anything wrong with the options or the port."""
+
+    def __init__(self, opts: ServeOptions):
+        host, port = http.parse_listen(opts.listen)
+        password = None
+        if opts.basic_auth_user:
+            if not opts.basic_auth_password_file:
+                raise http.ListenError("--basic-auth-user needs --basic-auth-password-file")
+            try:
+                password = opts.basic_auth_password_file.read_text().strip()
+            except OSError as exc:
+                raise http.ListenError(f"cannot read {opts.basic_auth_password_file}: "
+                                       f"{exc.strerror}") from None
+        if opts.tls_key and not opts.tls_cert:
+            raise http.ListenError("--tls-key needs --tls-cert")
+        self.registry = CollectorRegistry()
+        self.metrics = OpenMetrics(self.registry, buckets_from_sysctls())
+        self.server = http.serve(http.Endpoint(
+            host, port, str(opts.tls_cert) if opts.tls_cert else None,
+            str(opts.tls_key) if opts.tls_key else None, opts.basic_auth_user, password),
+            self.registry)
+
+    def add_self_metrics(self, backend: str, lost: Callable[[], dict],
+                         tracked: Callable[[], int]) -> None:
+        self.registry.register(SelfMetrics(__version__, backend, lost, tracked))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,166 @@
+"""Recordings: the kernel's records, as they came off the ring buffer, for offline replay.
+
+Layout (all little-endian):
+    b"TCPTRACE-BPF RECORDING\\n"        magic line
+    one JSON line                        header: format, wire_version, record_size, kernel,
+                                         backend, clock, epoch_offset, events, tool_version
+    frames: u16 type, u16 length, payload
+        type 1: one wire record (tcptrace_bpf.wire, of the header's wire_version)
+        type 2: trailer, JSON: ended_ns (monotonic), lost (kernel-side counters by reason)
+
+A reader refuses a newer `format` or an unknown wire version by name; older wire versions are
+decoded with their own layout (wire.py keeps them). A recording without its trailer was cut
+short (the recorder was killed): every record before the cut is still read, then the reader
+says where the file ends.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator, Optional
+
+from . import wire
+
+MAGIC = b"TCPTRACE-BPF RECORDING\n"
+FORMAT = 1
+CLOCK = "CLOCK_MONOTONIC"
+FRAME = struct.Struct("<HH")
+FRAME_RECORD, FRAME_TRAILER = 1, 2
+_MAX_HEADER = 1 << 16
+
+
+class RecordingError(Exception):
+    """The file is not a recording this version can read; the message says where and why."""
+
+
+@dataclass
+class Header:
+    kernel: str
+    backend: str
+    epoch_offset: float        # epoch seconds = monotonic seconds + this
+    events: bool = False
+    wire_version: int = wire.WIRE_VERSION
+    record_size: int = wire.RECORD_SIZE
+    tool_version: str = ""
+    format: int = FORMAT
+    clock: str = CLOCK
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode() + b"\n"
+
+
+@dataclass
+class Trailer:
+    ended_ns: int
+    lost: dict = field(default_factory=dict)
+
+
+class Writer:
+    def __init__(self, f: BinaryIO, header: Header):
+        self.f = f
+        self.records = 0
+        f.write(MAGIC + header.to_json())
+
+    def record(self, raw: bytes) -> None:
+        self.f.write(FRAME.pack(FRAME_RECORD, len(raw)) + raw)
+        self.records += 1
+
+    def close(self, trailer: Trailer) -> None:
+        body = json.dumps(trailer.__dict__, sort_keys=True).encode()
+        self.f.write(FRAME.pack(FRAME_TRAILER, len(body)) + body)
+        self.f.flush()
+
+
+class Reader:
+    """Iterate `records()` (raw wire bytes); `trailer` is set once they are exhausted."""
+
+    def __init__(self, f: BinaryIO, name: str):
+        self.f, self.name = f, name
+        self.trailer: Optional[Trailer] = None
+        self.offset = 0
+        self.header = self._header()
+
+    def _fail(self, where: int, why: str) -> RecordingError:
+        return RecordingError(f"{self.name}: {why} (byte {where})")
+
+    def _header(self) -> Header:
+        magic = self.f.read(len(MAGIC))
+        if magic != MAGIC:
+            raise self._fail(0, "not a tcptrace-bpf recording (bad magic)")
+        line = self.f.readline(_MAX_HEADER)
+        start, self.offset = len(MAGIC), len(MAGIC) + len(line)
+        if not line.endswith(b"\n"):
+            raise self._fail(start, "truncated header")
+        try:
+            doc = json.loads(line)
+        except ValueError as exc:
+            raise self._fail(start, f"corrupt header ({exc})") from None
+        if not isinstance(doc, dict):
+            raise self._fail(start, "corrupt header (not an object)")
+        if doc.get("format") != FORMAT:
+            raise self._fail(start, f"recording format {doc.get('format')!r}; this "
+                                    f"tcptrace-bpf reads format {FORMAT} (a newer version wrote it?)")
+        try:
+            h = Header(**doc)
+        except TypeError as exc:
+            raise self._fail(start, f"corrupt header ({exc})") from None
+        try:
+            size = wire.record_size(h.wire_version)
+        except wire.DecodeError as exc:
+            raise self._fail(start, str(exc)) from None
+        if h.record_size != size or h.clock != CLOCK:
+            raise self._fail(start, f"header says {h.record_size}-byte records on {h.clock}; "
+                                    f"wire version {h.wire_version} has {size} on {CLOCK}")
+        return h
+
+    def records(self) -> Iterator[bytes]:
+        """Raw records in order; RecordingError at the first corrupt or missing byte."""
+        f, size, n = self.f, self.header.record_size, 0
+        while True:
+            at = self.offset
+            head = f.read(FRAME.size)
+            if not head:
+                raise self._fail(at, f"truncated: ends after {n} records without the end "
+                                     "marker (was the recorder killed?)")
+            if len(head) < FRAME.size:
+                raise self._fail(at, f"truncated inside record {n + 1}")
+            kind, length = FRAME.unpack(head)
+            body = f.read(length)
+            self.offset = at + FRAME.size + len(body)
+            if len(body) < length:
+                raise self._fail(at, f"truncated inside record {n + 1}")
+            if kind == FRAME_RECORD:
+                if length != size:
+                    raise self._fail(at, f"corrupt: record {n + 1} has {length} bytes, "
+                                         f"expected {size}")
+                n += 1
+                yield body
+            elif kind == FRAME_TRAILER:
+                self.trailer = self._trailer(at, body)
+                if f.read(1):
+                    raise self._fail(self.offset, "corrupt: data after the end marker")
+                return
+            else:
+                raise self._fail(at, f"corrupt: unknown frame type {kind} after {n} records")
+
+    def _trailer(self, at: int, body: bytes) -> Trailer:
+        try:
+            doc = json.loads(body)
+            return Trailer(ended_ns=int(doc["ended_ns"]),
+                           lost={str(k): int(v) for k, v in doc.get("lost", {}).items()})
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise self._fail(at, f"corrupt end marker ({exc})") from None
+
+
+def open_reader(path: str) -> tuple[BinaryIO, Reader]:
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise RecordingError(f"cannot open recording {path}: {exc.strerror}") from None
+    try:
+        return f, Reader(f, path)
+    except BaseException:
+        f.close()
+        raise
