@@ -16,6 +16,13 @@ TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
     (["trace", "--duration", "-1"], "--duration"),
     (["trace", "--bogus"], "--bogus"),
     (["nosuchcommand"], "nosuchcommand"),
+    (["trace", "--pid", "0"], "--pid"),
+    (["trace", "--netns", "/nonexistent/ns"], "--netns"),
+    (["trace", "--cgroup", "web"], "--cgroup"),
+    (["replay"], "file"),
+    (["record"], "file"),
+    (["replay", "x.rec", "--half-open-timeout", "5"], "--half-open-timeout"),
+    (["trace", "--half-open-timeout", "0"], "--half-open-timeout"),
 ])
 def test_bad_flags_are_one_line_exit_2(args, word):
     out = subprocess.run(TOOL + args, capture_output=True, text=True, timeout=60)

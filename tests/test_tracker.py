@@ -97,3 +97,18 @@ def test_ts_is_epoch_seconds():
     rec = wire.decode(doc["raw"][0])
     (out,) = Tracker(epoch_offset=1_700_000_000.0).feed(rec)
     assert out.ts == pytest.approx(1_700_000_000.0 + rec.ts_ns / 1e9)
+
+
+def test_process_and_namespace_filters_on_recorded_opens():
+    doc = fixtures.load("normal4")
+    exp = doc["expect"][0]
+
+    def shown(**match):
+        t = Tracker(0.0, Match(**match))
+        return [o for raw in doc["raw"] for o in t.feed_bytes(raw)]
+
+    assert len(shown(pid=exp["pid"])) == 2  # connect() caller and listener owner: one process
+    assert shown(pid=exp["pid"] + 1) == []
+    assert len(shown(cgroup=exp["cgroup"])) == 2 and shown(cgroup=exp["cgroup"] + 1) == []
+    netns = shown()[0].netns
+    assert len(shown(netns=netns)) == 2 and shown(netns=netns + 1) == []

@@ -11,12 +11,18 @@ SCENARIOS = Path(__file__).with_name("scenarios.py")
 _NAMESPACES: list[str] = []
 
 
-def run_scenario(name: str) -> dict:
-    """Run a scenario in a new named netns. The netns lives until the session ends, so its
-    inode (the records' `netns`) is not reused by a later scenario."""
+def new_namespace() -> str:
+    """A named netns (/run/netns/NAME) that lives until the session ends, so its inode
+    (the records' `netns`) is not reused by a later scenario."""
     ns = f"tcptrace-test-{os.getpid()}-{len(_NAMESPACES)}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     _NAMESPACES.append(ns)
+    return ns
+
+
+def run_scenario(name: str, ns: str = "") -> dict:
+    """Run a scenario in a new named netns (or in `ns`)."""
+    ns = ns or new_namespace()
     env = dict(os.environ, TCPTRACE_TEST_CGROUP=str(cgroup_id()))
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(SCENARIOS), name],
                          capture_output=True, text=True, timeout=120, env=env)

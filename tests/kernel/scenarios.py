@@ -281,6 +281,19 @@ def held_in_syn_sent(count: int = 300) -> dict:
     return {"count": count}
 
 
+def stuck_syn_sent(hold: float = 4.0) -> dict:
+    """One socket in SYN_SENT (its SYNs dropped) held `hold` seconds, then closed: longer
+    than a short --half-open-timeout."""
+    port = 9
+    _drop_syns_to(port)
+    c = socket.socket()
+    c.setblocking(False)
+    c.connect_ex((LO4, port))
+    time.sleep(hold)
+    c.close()
+    return {"held": hold}
+
+
 SCENARIOS = {
     "normal4": lambda: normal(4), "normal6": lambda: normal(6),
     "self4": lambda: self_connect(4), "self6": lambda: self_connect(6),
@@ -288,6 +301,7 @@ SCENARIOS = {
     "refused": refused, "syn_timeout": syn_timeout, "unreachable": unreachable,
     "abort_syn_sent": abort_syn_sent, "synack_loss": synack_loss, "burst": burst,
     "refused_many": refused_many, "held_in_syn_sent": held_in_syn_sent,
+    "stuck_syn_sent": stuck_syn_sent,
 }
 
 

@@ -70,5 +70,5 @@ def test_not_root_is_one_line_exit_1():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "tcptrace-bpf: error: must run as root (loading BPF programs needs CAP_BPF, "
-        "CAP_PERFMON and CAP_SYS_ADMIN on this kernel)"]
+        "tcptrace-bpf: error: missing CAP_BPF, CAP_PERFMON: run as root, or grant "
+        "CAP_BPF + CAP_PERFMON (README: Privileges)"]
