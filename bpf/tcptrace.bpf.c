@@ -3,6 +3,7 @@
  *   BACKEND_TRACEPOINT | BACKEND_KPROBE | BACKEND_FENTRY   which hooks to build
  *   OFF_*                 struct offsets from the running kernel's BTF (header offsets otherwise)
  *   MAX_SOCKETS, MAX_LISTENERS, RINGBUF_PAGES, TCPTRACE_EVENTS
+ *   TCPTRACE_AGGREGATE, TT_NBUCKETS, TT_BUCKETS_NS   export mode: count opens in the kernel
  * Every read of a kernel struct goes through an OFF_* offset: header layouts can be wrong
  * for the running kernel (see README "Why BTF offsets"). */
 #include <uapi/linux/ptrace.h>
@@ -71,6 +72,113 @@ static __always_inline void count(int idx)
 }
 
 #define TT_READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(base) + (off))
+
+/* ---------------------------------------------------------------- export mode
+ * Name a resolved open's path and outcome exactly as tcptrace_bpf/tracker.py does, and
+ * count it here, so Python does no work per connection. (In this file, not a header: bcc
+ * rewrites map calls only in the main source.)
+ *   agg_handshakes[(path * TT_NOUTCOMES + outcome) * TT_NFAMILIES + family]
+ *   agg_rtx[path] SYNs re-sent; agg_rtx[TT_NPATHS] SYN-ACKs re-sent
+ *   agg_duration[(path * TT_NFAMILIES + family) * (TT_NBUCKETS + 2) + i]: i < TT_NBUCKETS
+ *     opens within bucket i (not cumulative), TT_NBUCKETS above the last bound, then the
+ *     sum of durations in ns.
+ * The loader gives TT_NBUCKETS (at most 32) and the upper bounds in ns as TT_B0..TT_B31. */
+#ifdef TCPTRACE_AGGREGATE
+#define TT_HIST_STRIDE (TT_NBUCKETS + 2)
+
+BPF_PERCPU_ARRAY(agg_handshakes, u64, TT_NPATHS * TT_NOUTCOMES * TT_NFAMILIES);
+BPF_PERCPU_ARRAY(agg_rtx, u64, TT_NPATHS + 1);
+BPF_PERCPU_ARRAY(agg_duration, u64, TT_NPATHS * TT_NFAMILIES * TT_HIST_STRIDE);
+
+static __always_inline int open_path(struct tcptrace_record *r)
+{
+	if (r->nstates < 2)
+		return -1;
+	if (r->states[0] == TCP_LISTEN && r->states[1] == TCP_SYN_RECV)
+		return TT_PATH_PASSIVE;
+	if (r->states[0] != TCP_CLOSE || r->states[1] != TCP_SYN_SENT)
+		return -1;
+	if (r->nstates > 2 && r->states[2] == TCP_SYN_RECV) { /* only crossed SYNs do this */
+		u64 *s = (u64 *)r->saddr, *d = (u64 *)r->daddr;
+		if (r->sport == r->dport && s[0] == d[0] && s[1] == d[1])
+			return TT_PATH_SELF;
+		return TT_PATH_SIMULTANEOUS;
+	}
+	return TT_PATH_ACTIVE;
+}
+
+static __always_inline int open_outcome(struct tcptrace_record *r)
+{
+	u8 last = r->states[(r->nstates - 1) & (TCPTRACE_MAX_STATES - 1)];
+	bool rst = r->flags & TT_F_RST_IN;
+
+	if (last == TCP_ESTABLISHED)
+		return TT_OUT_ESTABLISHED;
+	if (last != TCP_CLOSE)
+		return TT_OUT_ABORTED;
+	/* an if-chain, not a switch: no jump tables in BPF */
+	if (r->sk_err == ECONNREFUSED) /* an RST in SYN_SENT; without one, ICMP port unreachable */
+		return rst ? TT_OUT_REFUSED : TT_OUT_UNREACHABLE;
+	if (r->sk_err == ETIMEDOUT)
+		return TT_OUT_TIMEOUT;
+	if (r->sk_err == ECONNRESET)
+		return TT_OUT_RESET;
+	if (r->sk_err) /* EHOSTUNREACH, ENETUNREACH, ...: an ICMP error */
+		return TT_OUT_UNREACHABLE;
+	return rst ? TT_OUT_RESET : TT_OUT_ABORTED;
+}
+
+static __always_inline void bump(u64 *slot, u64 by)
+{
+	if (slot)
+		*slot += by; /* per-CPU: no other writer */
+}
+
+static __always_inline void aggregate(struct tcptrace_record *r)
+{
+	int path = open_path(r), outcome, fam, i, idx;
+	u64 d = 0;
+
+	if (path < 0) {
+		count(TT_STAT_UNKNOWN_TRANSITION);
+		return;
+	}
+	outcome = open_outcome(r);
+	fam = r->family == AF_INET6;
+	idx = (path * TT_NOUTCOMES + outcome) * TT_NFAMILIES + fam;
+	bump(agg_handshakes.lookup(&idx), 1);
+	if (r->syn_retrans) {
+		idx = path;
+		bump(agg_rtx.lookup(&idx), r->syn_retrans);
+	}
+	if (r->synack_retrans) {
+		idx = TT_NPATHS;
+		bump(agg_rtx.lookup(&idx), r->synack_retrans);
+	}
+	if (outcome != TT_OUT_ESTABLISHED)
+		return;
+	if (path == TT_PATH_PASSIVE && r->passive_us)
+		d = (u64)r->passive_us * 1000;
+	else if (r->start_ns)
+		d = r->ts_ns - r->start_ns;
+	else
+		return; /* began before tracing: no duration */
+	/* constants, not an array: bcc would place an array's initializer in .rodata */
+#define TT_BUCKET(n) if (TT_NBUCKETS > n && d <= TT_B##n) { i = n; goto found; }
+	TT_BUCKET(0) TT_BUCKET(1) TT_BUCKET(2) TT_BUCKET(3) TT_BUCKET(4) TT_BUCKET(5)
+	TT_BUCKET(6) TT_BUCKET(7) TT_BUCKET(8) TT_BUCKET(9) TT_BUCKET(10) TT_BUCKET(11)
+	TT_BUCKET(12) TT_BUCKET(13) TT_BUCKET(14) TT_BUCKET(15) TT_BUCKET(16) TT_BUCKET(17)
+	TT_BUCKET(18) TT_BUCKET(19) TT_BUCKET(20) TT_BUCKET(21) TT_BUCKET(22) TT_BUCKET(23)
+	TT_BUCKET(24) TT_BUCKET(25) TT_BUCKET(26) TT_BUCKET(27) TT_BUCKET(28) TT_BUCKET(29)
+	TT_BUCKET(30) TT_BUCKET(31)
+	i = TT_NBUCKETS;
+found:
+	idx = (path * TT_NFAMILIES + fam) * TT_HIST_STRIDE;
+	int b = idx + i, sum = idx + TT_NBUCKETS + 1;
+	bump(agg_duration.lookup(&b), 1);
+	bump(agg_duration.lookup(&sum), d);
+}
+#endif
 
 /* Local port: a full socket's inet_sport survives inet_put_port() at CLOSE (skc_num does
  * not); a request socket has only skc_num. Zero ports (not yet bound) never overwrite. */
@@ -240,7 +348,11 @@ static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r
 	} else if (total > r->syn_retrans) {
 		r->synack_retrans = total - r->syn_retrans;
 	}
+#ifdef TCPTRACE_AGGREGATE
+	aggregate(r);
+#else
 	submit(r);
+#endif
 	opens.delete(&key);
 }
 

@@ -31,7 +31,25 @@
 #define TT_STAT_RINGBUF_FULL  0 /* ring buffer reserve failed: a record was lost */
 #define TT_STAT_TABLE_FULL    1 /* per-socket table full: an open was not tracked */
 #define TT_STAT_STALE_ENTRY   2 /* an unresolved entry was replaced by a new open */
-#define TT_STAT_MAX           3
+#define TT_STAT_UNKNOWN_TRANSITION 3 /* export mode: an open whose path has no name */
+#define TT_STAT_MAX           4
+
+/* Export mode (TCPTRACE_AGGREGATE): each resolved open is classified in the kernel and
+ * counted in per-CPU arrays (bpf/tcptrace.bpf.c, "export mode") instead of crossing the ring buffer.
+ * Index orders, mirrored in wire.py: */
+#define TT_PATH_ACTIVE       0
+#define TT_PATH_PASSIVE      1
+#define TT_PATH_SIMULTANEOUS 2
+#define TT_PATH_SELF         3
+#define TT_NPATHS            4
+#define TT_OUT_ESTABLISHED   0
+#define TT_OUT_REFUSED       1
+#define TT_OUT_RESET         2
+#define TT_OUT_TIMEOUT       3
+#define TT_OUT_UNREACHABLE   4
+#define TT_OUT_ABORTED       5
+#define TT_NOUTCOMES         6
+#define TT_NFAMILIES         2 /* 0: IPv4, 1: IPv6 */
 
 struct tcptrace_record {
 	__u64 ts_ns;          /* CLOCK_MONOTONIC (bpf_ktime_get_ns) at resolution */

@@ -12,6 +12,7 @@ import platform
 import signal
 import sys
 import time
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -254,11 +255,16 @@ def export(
         raise _fail(str(exc), EXIT_TRACE)
 
     def on_start(tracer, tracker):
+        exporter.count_in_kernel(tracer.aggregates)
         exporter.add_self_metrics(tracer.caps.backend.value, lambda: lost_events(tracer, tracker),
                                   tracer.tracked_sockets)
 
+    # opens are classified and counted in the kernel; only request sockets that re-send
+    # SYN-ACKs still cross the ring buffer (the tracker expires them)
+    opts = _live(attach, max_sockets, False, None, half_open_timeout)
+    opts.settings = replace(opts.settings, aggregate_buckets=tuple(exporter.buckets))
     try:
-        tracker, end = run(_live(attach, max_sockets, False, None, half_open_timeout),
+        tracker, end = run(opts,
                            emit=exporter.metrics.observe, flush=lambda: None, on_start=on_start,
                            announce=lambda m: _say(f"{m}; serving {serve.url}"))
     except LoaderError as exc:

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__, http
 from .buckets import buckets_from_sysctls
-from .sinks.prometheus import OpenMetrics, SelfMetrics
+from .sinks.prometheus import HandshakeMetrics, SelfMetrics
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,17 @@ class Exporter:
         if opts.tls_key and not opts.tls_cert:
             raise http.ListenError("--tls-key needs --tls-cert")
         self.registry = CollectorRegistry()
-        self.metrics = OpenMetrics(self.registry, buckets_from_sysctls())
+        self.buckets = buckets_from_sysctls()
+        self.metrics = HandshakeMetrics(self.buckets)
+        self.registry.register(self.metrics)
         self.server = http.serve(http.Endpoint(
             host, port, str(opts.tls_cert) if opts.tls_cert else None,
             str(opts.tls_key) if opts.tls_key else None, opts.basic_auth_user, password),
             self.registry)
+
+    def count_in_kernel(self, aggregates: Callable[[], dict]) -> None:
+        """Export mode: add the kernel's counters (loader.Tracer.aggregates) at each scrape."""
+        self.metrics.kernel = aggregates
 
     def add_self_metrics(self, backend: str, lost: Callable[[], dict],
                          tracked: Callable[[], int]) -> None:

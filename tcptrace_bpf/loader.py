@@ -52,6 +52,7 @@ class Backend(str, Enum):
     TRACEPOINT = "tracepoint"
 
 
+MAX_BUCKETS = 32  # TT_B0..TT_B31 in bpf/tcptrace.bpf.c
 AUTO_ORDER = (Backend.FENTRY, Backend.KPROBE, Backend.TRACEPOINT)
 # kernel functions hooked by the kprobe backend -> the program attached to each
 KPROBES = {"tcp_set_state": "kp_tcp_set_state",
@@ -68,6 +69,8 @@ class Settings:
     max_sockets: int = 65536
     ringbuf_pages: int = 512     # 2 MiB: about 18,000 records of 112 bytes
     events: bool = False         # also emit one record per probe hit
+    # export mode: count opens in kernel maps, histogram bounds in seconds (empty: off)
+    aggregate_buckets: tuple[float, ...] = ()
 
 
 @dataclass
@@ -133,6 +136,14 @@ def cflags(backend: Backend, settings: Settings, offsets: list[str]) -> list[str
              f"-DRINGBUF_PAGES={settings.ringbuf_pages}", *offsets]
     if settings.events:
         flags.append("-DTCPTRACE_EVENTS")
+    if settings.aggregate_buckets:
+        bounds = list(settings.aggregate_buckets)
+        if len(bounds) > MAX_BUCKETS:
+            raise LoaderError(f"{len(bounds)} histogram buckets; the kernel side takes "
+                              f"at most {MAX_BUCKETS}")
+        flags += ["-DTCPTRACE_AGGREGATE", f"-DTT_NBUCKETS={len(bounds)}"]
+        bounds += [0] * (MAX_BUCKETS - len(bounds))  # unused: compiled out
+        flags += [f"-DTT_B{i}={round(b * 1e9)}ULL" for i, b in enumerate(bounds)]
     return flags
 
 
@@ -216,6 +227,18 @@ class Tracer:
         lost = {name: int(sum(stats[ctypes.c_int(i)])) for i, name in enumerate(wire.STAT_NAMES)}
         lost["half_open_expired"] = self.half_open_expired
         return lost
+
+    def aggregates(self) -> dict[str, list[int]]:
+        """Export mode's kernel counters, summed over CPUs (layout: wire.handshake_index,
+        wire.duration_index; "rtx" is SYNs per path, then SYN-ACKs)."""
+        out = {}
+        for name in ("handshakes", "rtx", "duration"):
+            table = self.bpf[f"agg_{name}"]
+            values = [0] * len(table)
+            for key, per_cpu in table.items():
+                values[key.value] = sum(per_cpu)
+            out[name] = values
+        return out
 
     def tracked_sockets(self) -> int:
         return sum(1 for _ in self.bpf["opens"].keys())

@@ -35,7 +35,10 @@ def epoch_offset() -> float:
 
 def lost_events(tracer: Tracer, tracker: Tracker) -> dict[str, int]:
     """Everything not turned into output, kernel side and Python side, by reason."""
-    return {**tracer.kernel_lost(), **tracker.lost}
+    lost = dict(tracer.kernel_lost())
+    for reason, n in tracker.lost.items():
+        lost[reason] = lost.get(reason, 0) + n
+    return lost
 
 
 def run(opts: Options, emit: Callable[[object], None], flush: Callable[[], None],

@@ -18,7 +18,22 @@ AF_INET, AF_INET6 = 2, 10
 KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT = 1, 2, 3
 PROBE_STATE, PROBE_RST_IN, PROBE_SYN_IN, PROBE_SYNACK_OUT, PROBE_DESTROY = 1, 2, 3, 4, 5
 F_RST_IN, F_SYN_IN, F_SYNACK_OUT, F_NO_START, F_DESTROYED = 0x01, 0x02, 0x04, 0x08, 0x10
-STAT_NAMES = ("ringbuf_full", "table_full", "stale_entry")  # index = TT_STAT_*
+STAT_NAMES = ("ringbuf_full", "table_full", "stale_entry", "unknown_transition")  # TT_STAT_*
+
+# Export mode's kernel counters (bpf/tcptrace.bpf.c, "export mode"): index orders of TT_PATH_* and
+# TT_OUT_*, as the names tcptrace_bpf.model gives them; family index 0 is IPv4.
+AGG_PATHS = ("active", "passive", "simultaneous", "self")
+AGG_OUTCOMES = ("established", "refused", "reset", "timeout", "unreachable", "aborted")
+AGG_FAMILIES = (4, 6)
+
+
+def handshake_index(path: int, outcome: int, family: int) -> int:
+    return (path * len(AGG_OUTCOMES) + outcome) * len(AGG_FAMILIES) + family
+
+
+def duration_index(path: int, family: int, nbuckets: int) -> int:
+    """First slot of one histogram: nbuckets bucket counts, one above the last, the sum (ns)."""
+    return (path * len(AGG_FAMILIES) + family) * (nbuckets + 2)
 
 # struct tcptrace_record, field for field (little-endian, no implicit padding)
 _FORMAT = "<QQQQ16s16sIIIHHHBBBBBBB8sB6x16s"

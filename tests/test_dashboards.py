@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tcptrace_bpf.buckets import handshake_buckets
-from tcptrace_bpf.sinks.prometheus import OpenMetrics, SelfMetrics
+from tcptrace_bpf.sinks.prometheus import HandshakeMetrics, SelfMetrics
 from tests import promql
 from tests.conftest import require
 
@@ -16,7 +16,7 @@ from tests.conftest import require
 def served_names() -> set[str]:
     """Every sample name the exporter serves (a fresh registry, nothing observed yet)."""
     reg = CollectorRegistry()
-    OpenMetrics(reg, handshake_buckets(6, 5, 4))
+    reg.register(HandshakeMetrics(handshake_buckets(6, 5, 4)))
     reg.register(SelfMetrics("0", "tracepoint", lambda: {}, lambda: 0))
     text = generate_latest(reg).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
