@@ -67,7 +67,9 @@ class LoaderError(Exception):
 @dataclass(frozen=True)
 class Settings:
     max_sockets: int = 65536
-    ringbuf_pages: int = 512     # 2 MiB: about 18,000 records of 112 bytes
+    # 4 MiB: 32,768 records of 120 bytes (+8 header), 0.58 s of the fastest loopback churn
+    # measured here (56,000 opens/s) between two polls 0.2 s apart
+    ringbuf_pages: int = 1024
     events: bool = False         # also emit one record per probe hit
     # export mode: count opens in kernel maps, histogram bounds in seconds (empty: off)
     aggregate_buckets: tuple[float, ...] = ()
@@ -217,7 +219,10 @@ class Tracer:
         self.bpf["events"].open_ring_buffer(_cb)
 
     def poll(self, timeout_ms: int) -> None:
+        """Wait `timeout_ms`, then take everything in the ring. The programs send no wakeups
+        (BPF_RB_NO_WAKEUP), so the wait is a plain sleep and the take is one batch."""
         self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
 
     def drain(self) -> None:
         self.bpf.ring_buffer_consume()

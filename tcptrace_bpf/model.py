@@ -46,9 +46,10 @@ class Outcome(str, Enum):
     ABORTED = "aborted"          # the application gave up (close, shutdown, disconnect)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OpenRecord:
-    """One resolved connection-open attempt, as every sink sees it."""
+    """One resolved connection-open attempt, as every sink sees it. Sinks must not modify
+    it (not frozen: frozen dataclasses cost microseconds to build, once per connection)."""
     ts: float                # epoch seconds when it resolved
     path: OpenPath
     outcome: Outcome

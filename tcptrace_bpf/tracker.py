@@ -61,6 +61,7 @@ class _PendingRequest:
 
 
 Output = Union[OpenRecord, ProbeEvent]
+_STATE_NAMES: dict[tuple, tuple] = {}
 
 
 class Tracker:
@@ -154,10 +155,15 @@ class Tracker:
         return Outcome.RESET if rst else Outcome.ABORTED
 
     def _record(self, rec, path, outcome, duration, syn_rtx, synack_rtx) -> OpenRecord:
+        names = _STATE_NAMES.get(rec.states)
+        if names is None:  # a handful of sequences recur: name each once
+            names = tuple(S.name_of(s) for s in rec.states)
+            if len(_STATE_NAMES) < 4096:
+                _STATE_NAMES[rec.states] = names
         return OpenRecord(
             ts=rec.ts_ns / 1e9 + self.epoch_offset, path=path, outcome=outcome,
             family=rec.family, saddr=rec.saddr, sport=rec.sport, daddr=rec.daddr,
-            dport=rec.dport, states=tuple(S.name_of(s) for s in rec.states),
+            dport=rec.dport, states=names,
             duration_s=duration, syn_retransmits=syn_rtx, synack_retransmits=synack_rtx,
             pid=rec.pid or None, comm=rec.comm or None, netns=rec.netns, errno=rec.sk_err,
             cgroup=rec.cgroup_id or None)

@@ -63,9 +63,11 @@ class DecodeError(ValueError):
     """A ring-buffer record that does not match the wire format."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
-    """One decoded ring-buffer record; fields as in struct tcptrace_record."""
+    """One decoded ring-buffer record; fields as in struct tcptrace_record. Treat as
+    immutable (not frozen only because frozen dataclasses are slow to build, and decode runs
+    once per connection)."""
     kind: int
     ts_ns: int
     start_ns: int
@@ -89,37 +91,56 @@ class Record:
     probe: int
 
 
-def _addr(raw: bytes, family: int) -> str:
-    if family == AF_INET6:
-        return str(ipaddress.IPv6Address(raw))
-    return str(ipaddress.IPv4Address(raw[:4]))
+_ADDR_CACHE: dict[bytes, str] = {}  # hosts talk to few addresses; formatting one is slow
+_ADDR_CACHE_MAX = 65536
+
+
+def _addr(raw: bytes, v4: bool) -> str:
+    key = raw[:4] if v4 else raw  # 4 bytes or 16: the two families cannot collide
+    text = _ADDR_CACHE.get(key)
+    if text is None:
+        text = str(ipaddress.IPv4Address(key) if v4 else ipaddress.IPv6Address(key))
+        if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[key] = text
+    return text
+
+
+_KINDS = (KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT)
 
 
 def decode(buf: bytes, version: int = WIRE_VERSION) -> Record:
-    record_size(version)  # raises for a version this build does not read
-    layout, fields = _LAYOUTS[version]
-    if len(buf) < layout.size:
-        raise DecodeError(f"record of {len(buf)} bytes, expected {layout.size}")
-    v = dict(zip(fields, layout.unpack_from(buf)))
-    family, kind, nstates = v["family"], v["kind"], v["nstates"]
-    if kind not in (KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT):
+    if version == WIRE_VERSION:
+        layout = RECORD
+        if len(buf) < RECORD_SIZE:
+            raise DecodeError(f"record of {len(buf)} bytes, expected {RECORD_SIZE}")
+        (ts_ns, start_ns, skaddr, cgroup_id, saddr, daddr, netns, pid, passive_us, sport,
+         dport, family, kind, probe, nstates, flags, sk_err, syn_retrans, synack_retrans,
+         states, synack_budget, comm) = layout.unpack_from(buf)
+    else:
+        record_size(version)  # raises for a version this build does not read
+        layout, fields = _LAYOUTS[version]
+        if len(buf) < layout.size:
+            raise DecodeError(f"record of {len(buf)} bytes, expected {layout.size}")
+        v = dict(zip(fields, layout.unpack_from(buf)))
+        v.setdefault("cgroup_id", 0)
+        (ts_ns, start_ns, skaddr, cgroup_id, saddr, daddr, netns, pid, passive_us, sport,
+         dport, family, kind, probe, nstates, flags, sk_err, syn_retrans, synack_retrans,
+         states, synack_budget, comm) = (v[f] for f in FIELDS)
+    if kind not in _KINDS:
         raise DecodeError(f"unknown record kind {kind}")
-    if family not in (AF_INET, AF_INET6):
+    if family != AF_INET and family != AF_INET6:
         raise DecodeError(f"unknown address family {family}")
     if nstates > MAX_STATES:
         raise DecodeError(f"{nstates} states, at most {MAX_STATES}")
+    v4 = family == AF_INET
     return Record(
-        kind=kind, ts_ns=v["ts_ns"], start_ns=v["start_ns"], skaddr=v["skaddr"],
-        cgroup_id=v.get("cgroup_id", 0),
-        family=4 if family == AF_INET else 6,
-        saddr=_addr(v["saddr"], family), sport=v["sport"],
-        daddr=_addr(v["daddr"], family), dport=v["dport"],
-        netns=v["netns"], pid=v["pid"],
-        comm=v["comm"].split(b"\0", 1)[0].decode(errors="replace"),
-        states=tuple(v["states"][:nstates]), flags=v["flags"], sk_err=v["sk_err"],
-        syn_retrans=v["syn_retrans"], synack_retrans=v["synack_retrans"],
-        synack_budget=v["synack_budget"], passive_us=v["passive_us"], probe=v["probe"],
-    )
+        kind, ts_ns, start_ns, skaddr, cgroup_id, 4 if v4 else 6,
+        _addr(saddr, v4), sport, _addr(daddr, v4), dport, netns, pid,
+        comm.split(b"\0", 1)[0].decode(errors="replace"),
+        tuple(states[:nstates]), flags, sk_err, syn_retrans, synack_retrans, synack_budget,
+        passive_us, probe)
+
 
 PROBE_NAMES = {PROBE_STATE: "state", PROBE_RST_IN: "rst_in", PROBE_SYN_IN: "syn_in",
                PROBE_SYNACK_OUT: "synack_out", PROBE_DESTROY: "destroy"}
