@@ -18,3 +18,10 @@ unit:
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Real distro kernel: the real-kernel tests with --attach kprobe, fentry and auto on Debian's
+# 6.12 cloud kernel under qemu (vm/run.sh; image cached in /var/cache/tcptrace-bpf/vm).
+.PHONY: vm-test
+vm-test:
+	bash vm/run.sh
+

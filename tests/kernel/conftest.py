@@ -16,6 +16,11 @@ from tests.kernel.harness import delete_namespaces, run_scenario  # noqa: F401 (
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
+# Backend of the session tracer: tracepoint, the one the CI kernel allows; the VM run
+# (vm/guest-run.sh) sets kprobe, fentry or auto.
+ATTACH = os.environ.get("TCPTRACE_TEST_ATTACH", "tracepoint")
+# Seconds a tracer may take to compile and attach (a compile takes minutes under qemu TCG).
+START_TIMEOUT = float(os.environ.get("TCPTRACE_TEST_START_TIMEOUT", "120"))
 
 
 def kernel_ready() -> None:
@@ -37,10 +42,11 @@ class LiveTracer:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.records: list[dict] = []
         self.stderr: list[str] = []
+        self.announce = ""
         self._ready = threading.Event()
         threading.Thread(target=self._read_out, daemon=True).start()
         threading.Thread(target=self._read_err, daemon=True).start()
-        if not self._ready.wait(120) or self.proc.poll() is not None:
+        if not self._ready.wait(START_TIMEOUT) or self.proc.poll() is not None:
             self.proc.kill()
             raise RuntimeError("tracer did not start:\n" + "".join(self.stderr))
 
@@ -52,7 +58,14 @@ class LiveTracer:
         for line in self.proc.stderr:
             self.stderr.append(line)
             if "tracing, Ctrl-C to stop" in line:
+                self.announce = line.split("tcptrace-bpf: ", 1)[-1].strip()
                 self._ready.set()
+
+    @property
+    def backend(self) -> str:
+        """The backend the tracer says it attached: its announce line reads
+        `backend <name> (...)`."""
+        return self.announce.split()[1]
 
     def wait_for(self, netns: int, count: int, timeout: float = 15.0) -> list[dict]:
         """Records of one namespace, once `count` have arrived (or the timeout passed)."""
@@ -82,9 +95,28 @@ def _delete_namespaces():
     delete_namespaces()
 
 
+_SESSION: dict[str, LiveTracer] = {}
+
+
+def session_tracer() -> LiveTracer:
+    """The session's one live tracer (`--attach $TCPTRACE_TEST_ATTACH`), started on first use;
+    tests/vm shares it too: under qemu TCG each start is a compile of 1.5 min or more."""
+    if "tracer" not in _SESSION:
+        kernel_ready()
+        t = LiveTracer("--attach", ATTACH)
+        if ATTACH != "auto" and t.backend != ATTACH:
+            t.stop()
+            raise RuntimeError(f"asked for --attach {ATTACH}, tracer says: {t.announce}")
+        _SESSION["tracer"] = t
+    return _SESSION["tracer"]
+
+
+def stop_session_tracer() -> None:
+    if "tracer" in _SESSION:
+        _SESSION.pop("tracer").stop()
+
+
 @pytest.fixture(scope="session")
 def tracer():
-    kernel_ready()
-    t = LiveTracer("--attach", "tracepoint")
-    yield t
-    t.stop()
+    yield session_tracer()
+    stop_session_tracer()
