@@ -118,9 +118,17 @@ def _live(attach, max_sockets, events, duration, half_open, match=Match()):
 
 
 def _printer(json_out: bool):
+    """emit() renders into a batch; flush() (once per poll) writes the batch in one call."""
     render = jsonl.render if json_out else text.render
-    out = sys.stdout
-    return (lambda item: out.write(render(item) + "\n")), out.flush
+    out, lines = sys.stdout, []
+
+    def flush():
+        if lines:
+            lines.append("")
+            out.write("\n".join(lines))
+            lines.clear()
+        out.flush()
+    return (lambda item: lines.append(render(item))), flush
 
 
 @app.command(epilog=EXAMPLES)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
+import time
 import tempfile
 import platform
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Callable, Optional
 
 from . import wire
 from .btf import BTF, BTFError, VMLINUX_BTF
+from .ringbuf import RingReader
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 BPF_SOURCE = BPF_DIR / "tcptrace.bpf.c"
@@ -35,6 +38,7 @@ OFFSETS = {
     "OFF_NET_NS_INUM": ("net", "ns.inum"),
     "OFF_NET_SYNACK_RETRIES": ("net", "ipv4.sysctl_tcp_synack_retries"),
     "OFF_SK_ERR": ("sock", "sk_err"),
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
     "OFF_ICSK_SYN_RETRIES": ("inet_connection_sock", "icsk_syn_retries"),
     "OFF_TCP_TOTAL_RETRANS": ("tcp_sock", "total_retrans"),
     "OFF_TCP_SRTT_US": ("tcp_sock", "srtt_us"),
@@ -183,8 +187,8 @@ def _first_line(exc: BaseException) -> str:
 class Tracer:
     """A loaded and attached set of programs. Use as a context manager."""
 
-    def __init__(self, bpf, caps: Capabilities):
-        self.bpf, self.caps = bpf, caps
+    def __init__(self, bpf, caps: Capabilities, ring_size: int):
+        self.bpf, self.caps, self.ring_size = bpf, caps, ring_size
         self._ring = None
         self.half_open_expired = 0  # table entries dropped by expire_half_open()
 
@@ -209,23 +213,35 @@ class Tracer:
                 continue
             tried.append(f"{backend.value}: loaded")
             return cls(bpf, Capabilities(backend, offsets_from, headers,
-                                         tried if attach == "auto" else []))
+                                         tried if attach == "auto" else []),
+                       settings.ringbuf_pages * mmap.PAGESIZE)
         raise LoaderError("no backend could attach: " + "; ".join(tried))
 
     def open_ring(self, on_record: Callable[[bytes], None]) -> None:
+        events = self.bpf["events"]
+        if platform.machine() in ("x86_64", "AMD64"):
+            self._ring = RingReader(events.map_fd, self.ring_size, on_record)
+            return
+
         def _cb(_ctx, data, size):
             on_record(ctypes.string_at(data, size))
         self._ring = _cb  # keep a reference: bcc holds only a C pointer
-        self.bpf["events"].open_ring_buffer(_cb)
+        events.open_ring_buffer(_cb)
 
     def poll(self, timeout_ms: int) -> None:
         """Wait `timeout_ms`, then take everything in the ring. The programs send no wakeups
         (BPF_RB_NO_WAKEUP), so the wait is a plain sleep and the take is one batch."""
-        self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()
+        if isinstance(self._ring, RingReader):
+            time.sleep(timeout_ms / 1000)
+        else:
+            self.bpf.ring_buffer_poll(timeout_ms)
+        self.drain()
 
     def drain(self) -> None:
-        self.bpf.ring_buffer_consume()
+        if isinstance(self._ring, RingReader):
+            self._ring.drain()
+        elif self._ring is not None:
+            self.bpf.ring_buffer_consume()
 
     def kernel_lost(self) -> dict[str, int]:
         stats = self.bpf["stats"]
@@ -293,6 +309,9 @@ class Tracer:
         return type("tcptrace_record", (ctypes.Structure,), {"_fields_": fields})
 
     def close(self) -> None:
+        if isinstance(self._ring, RingReader):
+            self._ring.close()
+            self._ring = None
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None

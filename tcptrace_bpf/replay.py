@@ -10,6 +10,7 @@ from .session import POLL_MS
 from .tracker import Match, Tracker
 
 _EXPIRE_EVERY_NS = POLL_MS * 1_000_000  # as often as a live session would
+_FLUSH_EVERY = 4096  # records: sinks batch their output, memory stays bounded
 
 
 def replay(path: str, match: Match, emit: Callable[[object], None],
@@ -21,19 +22,24 @@ def replay(path: str, match: Match, emit: Callable[[object], None],
         head = reader.header
         tracker = Tracker(head.epoch_offset, match)
         version, n, next_expiry = head.wire_version, 0, 0
-        for raw in reader.records():
-            n += 1
-            try:
-                rec = wire.decode(raw, version)
-            except wire.DecodeError as exc:
-                at = reader.offset - len(raw) - recording.FRAME.size
-                raise RecordingError(f"{path}: corrupt record {n}: {exc} (byte {at})") from None
-            for item in tracker.feed(rec):
-                emit(item)
-            if rec.ts_ns >= next_expiry:
-                for item in tracker.expire(rec.ts_ns):
+        try:
+            for raw in reader.records():
+                n += 1
+                try:
+                    rec = wire.decode(raw, version)
+                except wire.DecodeError as exc:
+                    at = reader.offset - len(raw) - recording.FRAME.size
+                    raise RecordingError(f"{path}: corrupt record {n}: {exc} (byte {at})") from None
+                for item in tracker.feed(rec):
                     emit(item)
-                next_expiry = rec.ts_ns + _EXPIRE_EVERY_NS
+                if rec.ts_ns >= next_expiry:
+                    for item in tracker.expire(rec.ts_ns):
+                        emit(item)
+                    next_expiry = rec.ts_ns + _EXPIRE_EVERY_NS
+                if not n % _FLUSH_EVERY:
+                    flush()
+        finally:
+            flush()  # what came before a bad byte is still shown
         for item in tracker.expire(reader.trailer.ended_ns):
             emit(item)
         flush()

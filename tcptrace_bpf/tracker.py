@@ -112,7 +112,7 @@ class Tracker:
         if path is None:
             self.lost["unknown_transition"] += 1
             return None
-        if path is OpenPath.PASSIVE:
+        if path is OpenPath.PASSIVE and self._pending:
             self._pending.pop(_tuple_key(rec), None)  # its request, if it was re-sending
         outcome = self._outcome(rec)
         if path is OpenPath.PASSIVE and outcome is Outcome.ESTABLISHED and rec.passive_us:

@@ -1,8 +1,9 @@
 """`--json`: one JSON object per line (keys documented in README "JSON output").
 
-Opens are formatted by hand (one per connection, the hot path of `trace --json`); every
-string that could need escaping goes through json.dumps. tests/test_sinks.py checks the
-result against json.dumps of to_dict() for every recorded scenario."""
+Opens are formatted by hand (one per connection, the hot path of `trace --json`), with the
+fragments that repeat (path/outcome/family, the state list) built once; every string that
+could need escaping goes through json.dumps. tests/test_sinks.py checks the result against
+json.dumps of to_dict() for every recorded scenario."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 from ..model import OpenRecord
 
 _dumps = json.dumps
+_KIND: dict[tuple, str] = {}    # (path, outcome, family) -> '"path":...,"family":4,'
+_STATES: dict[tuple, str] = {}  # state names -> '["CLOSE","SYN_SENT",...]'
 
 
 def _opt(v) -> str:
@@ -21,12 +24,19 @@ def render(item) -> str:
     if type(item) is not OpenRecord:
         return _dumps(item.to_dict(), separators=(",", ":"))
     r = item
-    d = "null" if r.duration_s is None else repr(round(r.duration_s, 9))
-    states = ",".join(f'"{s}"' for s in r.states)  # enum names: nothing to escape
+    kind = _KIND.get((r.path, r.outcome, r.family))
+    if kind is None:
+        kind = _KIND[(r.path, r.outcome, r.family)] = (
+            f'"path":"{r.path.value}","outcome":"{r.outcome.value}","family":{r.family},')
+    states = _STATES.get(r.states)
+    if states is None:
+        states = _dumps(list(r.states), separators=(",", ":"))
+        if len(_STATES) < 4096:
+            _STATES[r.states] = states
+    d = "null" if r.duration_s is None else f"{r.duration_s:.9f}"
     comm = "null" if r.comm is None else _dumps(r.comm)
-    return (f'{{"ts":{round(r.ts, 6)!r},"path":"{r.path.value}","outcome":"{r.outcome.value}",'
-            f'"family":{r.family},"saddr":"{r.saddr}","sport":{r.sport},"daddr":"{r.daddr}",'
-            f'"dport":{r.dport},"states":[{states}],"duration_s":{d},'
+    return (f'{{"ts":{r.ts:.6f},{kind}"saddr":"{r.saddr}","sport":{r.sport},'
+            f'"daddr":"{r.daddr}","dport":{r.dport},"states":{states},"duration_s":{d},'
             f'"syn_retransmits":{r.syn_retransmits},"synack_retransmits":{r.synack_retransmits},'
             f'"pid":{_opt(r.pid)},"comm":{comm},"netns":{r.netns},"errno":{r.errno},'
             f'"cgroup":{_opt(r.cgroup)}}}')
