@@ -486,6 +486,10 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 	int old = ctx->args[1], new = ctx->args[2];
 	u16 protocol = 0;
 
+	/* Opens begin from CLOSE or LISTEN and end leaving SYN_SENT or SYN_RECV; most changes
+	 * (ESTABLISHED and the closing states) concern no open: leave before any read. */
+	if (old != TCP_CLOSE && old != TCP_LISTEN && old != TCP_SYN_SENT && old != TCP_SYN_RECV)
+		return 0;
 	TT_READ(protocol, sk, OFF_SK_PROTOCOL);
 	if (protocol != IPPROTO_TCP)
 		return 0;
