@@ -118,17 +118,10 @@ def _live(attach, max_sockets, events, duration, half_open, match=Match()):
 
 
 def _printer(json_out: bool):
-    """emit() renders into a batch; flush() (once per poll) writes the batch in one call."""
+    """emit() writes a line into stdout's buffer; flush() (once per poll) sends it."""
     render = jsonl.render if json_out else text.render
-    out, lines = sys.stdout, []
-
-    def flush():
-        if lines:
-            lines.append("")
-            out.write("\n".join(lines))
-            lines.clear()
-        out.flush()
-    return (lambda item: lines.append(render(item))), flush
+    write = sys.stdout.write
+    return (lambda item: write(render(item) + "\n")), sys.stdout.flush
 
 
 @app.command(epilog=EXAMPLES)
