@@ -283,6 +283,9 @@ static __always_inline void on_listen(void *sk, bool start)
 	struct tcptrace_listener_key k = {};
 	struct tcptrace_owner o = {};
 
+#ifdef TCPTRACE_AGGREGATE
+	return; /* export mode attributes nothing to processes */
+#endif
 	listener_key(sk, &k);
 	if (!k.port)
 		return; /* unbound listen(): the port is picked after this event */
@@ -314,11 +317,15 @@ static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old,
 	r.start_ns = now;
 	r.ts_ns = bpf_ktime_get_ns(); /* last activity, until resolve(): the sweeper's clock */
 	r.skaddr = key;
-	r.netns = netns_of(sk);
 	push_state(&r, old);
-	read_tuple(sk, &r, false);
 	if (!now)
 		r.flags |= TT_F_NO_START;
+#ifdef TCPTRACE_AGGREGATE
+	/* export mode names path, outcome and family only: no tuple, netns or process */
+	TT_READ(r.family, sk, OFF_SKC_FAMILY);
+#else
+	r.netns = netns_of(sk);
+	read_tuple(sk, &r, false);
 	if (old == TCP_CLOSE) {
 		/* connect() runs in the caller's context: attribute the open to it. */
 		r.pid = bpf_get_current_pid_tgid() >> 32;
@@ -329,6 +336,7 @@ static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old,
 		struct tcptrace_listener_key k = {.netns = r.netns, .port = r.sport};
 		owned_by(&r, &k);
 	}
+#endif
 	if (opens.insert(&key, &r)) { /* BPF_NOEXIST: one map operation on the common path */
 		if (!opens.lookup(&key)) {
 			count(TT_STAT_TABLE_FULL);
@@ -351,7 +359,9 @@ static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r
 	err = e;
 	r->sk_err = err;
 	r->ts_ns = now;
+#ifndef TCPTRACE_AGGREGATE
 	read_ports(sk, r); /* an active open's local port is bound after SYN_SENT */
+#endif
 	if (r->states[0] == TCP_LISTEN) {
 		/* a passive child inherits the request's SYN-ACK re-sends in total_retrans */
 		r->synack_retrans = total;
@@ -365,6 +375,8 @@ static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r
 		r->synack_retrans = total - r->syn_retrans;
 	}
 #ifdef TCPTRACE_AGGREGATE
+	if (r->nstates > 2 && r->states[2] == TCP_SYN_RECV)
+		read_tuple(sk, r, false); /* self or simultaneous: the addresses tell */
 	aggregate(r);
 #else
 	submit(r);
