@@ -809,7 +809,7 @@ def main() -> int:
         args.modes.append(m)
     text = table(summ, coll, mach, args)
     for m, why in skipped.items():
-        text = text.replace(f"| bcc tcpstates-bpfcc | not run |", f"| bcc tcpstates-bpfcc | not run: {why} |")
+        text = text.replace("| bcc tcpstates-bpfcc | not run |", f"| bcc tcpstates-bpfcc | not run: {why} |")
     mach["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
     args.json_out.write_text(json.dumps(
         {"machine": mach, "args": {k: str(v) for k, v in vars(args).items()},

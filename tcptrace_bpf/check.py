@@ -96,12 +96,12 @@ def _btf(r: Report):
 
 def _ring_buffer(r: Report, bcc) -> None:
     try:
-        with loader._kernel_messages() as said:
+        with loader.kernel_messages() as said:
             b = bcc.BPF(text=b"BPF_RINGBUF_OUTPUT(rb, 1);", cflags=["-w"])
         b.cleanup()
         r.add("ring buffer", "ok", "BPF_MAP_TYPE_RINGBUF created")
     except Exception as exc:  # bcc raises bare Exception
-        r.add("ring buffer", "fail", said() or loader._first_line(exc), "a kernel of 5.8 or later")
+        r.add("ring buffer", "fail", said() or loader.first_line(exc), "a kernel of 5.8 or later")
 
 
 def _backends(r: Report) -> None:
@@ -157,7 +157,7 @@ def _header_offsets(r: Report, bcc, btf) -> None:
             except BTFError:
                 pass
     try:
-        with loader._kernel_messages() as said:
+        with loader.kernel_messages() as said:
             try:
                 from_headers = header_offsets(bcc, fields)
             except Exception:  # an optional field the headers lack: compare the rest
@@ -165,7 +165,7 @@ def _header_offsets(r: Report, bcc, btf) -> None:
                 from_headers = header_offsets(bcc, fields)
     except Exception as exc:
         r.add("header offsets", "fail", f"cannot compile against the headers: "
-              f"{said() or loader._first_line(exc)}", SETUP)
+              f"{said() or loader.first_line(exc)}", SETUP)
         return
     if btf is None:
         r.add("header offsets", "warn", "no BTF to compare with: programs use these offsets as is",

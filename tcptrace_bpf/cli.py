@@ -157,7 +157,7 @@ def record(
 ):
     """Record the kernel's records to FILE for `replay` elsewhere; a summary at exit."""
     from . import recording
-    from .session import epoch_offset, run
+    from .session import run
     try:
         f = open(file, "wb")
     except OSError as exc:

@@ -163,7 +163,7 @@ def _kprobes_possible() -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _kernel_messages():
+def kernel_messages():
     """Capture what libbcc/libbpf write to fd 2 during a trial load (compile warnings are off
     with -w); yields a getter of the first meaningful line, to explain a refused backend."""
     saved = os.dup(2)
@@ -179,7 +179,7 @@ def _kernel_messages():
             text.extend(tmp.read().decode(errors="replace").splitlines())
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -204,12 +204,12 @@ class Tracer:
                 tried.append(f"kprobe: {why}")
                 continue
             try:
-                with _kernel_messages() as said:
+                with kernel_messages() as said:
                     bpf = _load(bcc, backend, cflags(backend, settings, offsets))
             except Exception as exc:  # bcc raises bare Exception for compile/load/attach
                 # libbpf's own line ("Failed to load program: Operation not permitted")
                 # says more than bcc's exception ("Need super-user privileges")
-                tried.append(f"{backend.value}: {said() or _first_line(exc)}")
+                tried.append(f"{backend.value}: {said() or first_line(exc)}")
                 continue
             tried.append(f"{backend.value}: loaded")
             return cls(bpf, Capabilities(backend, offsets_from, headers,

@@ -3,7 +3,6 @@ Imports no typer; raises LoaderError for the CLI to report."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from dataclasses import dataclass

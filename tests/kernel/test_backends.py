@@ -2,7 +2,6 @@
 
 import ctypes
 import subprocess
-import sys
 
 import pytest
 

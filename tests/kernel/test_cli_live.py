@@ -1,6 +1,5 @@
 """The trace command end to end: filters, --events, signals, summary, privileges."""
 
-import json
 import shutil
 import signal
 import socket
