@@ -175,7 +175,7 @@ def record(
                                emit=lambda item: None, flush=f.flush, on_start=on_start,
                                on_raw=lambda raw: writer["w"].record(raw),
                                announce=lambda m: _say(f"{m}; recording to {file}, Ctrl-C to stop"))
-            writer["w"].close(recording.Trailer(end["ended_ns"], end["lost"]))
+            writer["w"].close(recording.Trailer(end["ended_ns"], end["kernel_lost"]))
     except LoaderError as exc:
         f.close()
         file.unlink(missing_ok=True)

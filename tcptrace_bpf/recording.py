@@ -6,7 +6,8 @@ Layout (all little-endian):
                                          backend, clock, epoch_offset, events, tool_version
     frames: u16 type, u16 length, payload
         type 1: one wire record (tcptrace_bpf.wire, of the header's wire_version)
-        type 2: trailer, JSON: ended_ns (monotonic), lost (kernel-side counters by reason)
+        type 2: trailer, JSON: ended_ns (monotonic), lost (kernel-side counters by reason;
+                replay's tracker counts the Python-side ones again)
 
 A reader refuses a newer `format` or an unknown wire version by name; older wire versions are
 decoded with their own layout (wire.py keeps them). A recording without its trailer was cut

@@ -6,7 +6,7 @@ from typing import Callable
 
 from . import recording, wire
 from .recording import RecordingError
-from .session import POLL_MS
+from .session import POLL_MS, sum_lost
 from .tracker import Match, Tracker
 
 _EXPIRE_EVERY_NS = POLL_MS * 1_000_000  # as often as a live session would
@@ -45,4 +45,5 @@ def replay(path: str, match: Match, emit: Callable[[object], None],
         flush()
         extra = {"backend": f"{head.backend} (replay of {n} records from kernel {head.kernel})",
                  "unresolved requests": tracker.pending_requests}
-        return tracker, {"lost": {**reader.trailer.lost, **tracker.lost}, "extra": extra}
+        # the recording keeps the kernel's losses; Python's are made again by this tracker
+        return tracker, {"lost": sum_lost(reader.trailer.lost, tracker.lost), "extra": extra}

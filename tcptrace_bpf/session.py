@@ -32,12 +32,18 @@ def epoch_offset() -> float:
     return time.time() - time.monotonic()
 
 
+def sum_lost(*counts: dict) -> dict[str, int]:
+    """Loss counters by reason, added up (kernel side and Python side share some reasons)."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for reason, n in c.items():
+            total[reason] = total.get(reason, 0) + n
+    return total
+
+
 def lost_events(tracer: Tracer, tracker: Tracker) -> dict[str, int]:
     """Everything not turned into output, kernel side and Python side, by reason."""
-    lost = dict(tracer.kernel_lost())
-    for reason, n in tracker.lost.items():
-        lost[reason] = lost.get(reason, 0) + n
-    return lost
+    return sum_lost(tracer.kernel_lost(), tracker.lost)
 
 
 def run(opts: Options, emit: Callable[[object], None], flush: Callable[[], None],
@@ -88,7 +94,8 @@ def run(opts: Options, emit: Callable[[object], None], flush: Callable[[], None]
             extra = {"backend": tracer.caps.backend.value,
                      "unresolved requests": tracker.pending_requests,
                      "sockets mid-handshake at exit": tracer.tracked_sockets()}
-            return tracker, {"lost": lost, "extra": extra, "ended_ns": time.monotonic_ns(),
+            return tracker, {"lost": lost, "kernel_lost": tracer.kernel_lost(),
+                             "extra": extra, "ended_ns": time.monotonic_ns(),
                              "epoch_offset": offset}
     finally:
         for s, h in old.items():
