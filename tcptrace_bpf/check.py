@@ -85,7 +85,7 @@ def _btf(r: Report):
         return None
     try:
         btf = BTF.from_file()
-        for struct, member in {**loader.OFFSETS}.values():
+        for struct, member in loader.OFFSETS.values():
             btf.offsetof(struct, member)
     except BTFError as exc:
         r.add("BTF", "fail", f"cannot read struct offsets: {exc}", "report this kernel's BTF as a bug")
