@@ -27,10 +27,10 @@ vm-test:
 
 # Performance (issue 5): connection churn untraced / export / trace --json / bcc tcpstates,
 # paired and alternated, one table (bench/run.py; bench/RESULTS.md). BENCH_ARGS=--quick for a
-# short smoke run, BENCH_ARGS=--profile adds bpf_stats and py-spy.
+# short smoke run, BENCH_ARGS=--profile adds bpf_stats and py-spy. Set-up installs gcc, bpftool and
+# bpfcc-tools (the bench smoke test in `make test` needs them too); py-spy only here.
 BENCH_ARGS ?=
 .PHONY: bench
 bench: setup
-	bash scripts/apt-install.sh bpfcc-tools bpftool gcc libc6-dev
 	test -x $(VENV)/bin/py-spy || $(VENV)/bin/pip install -q --disable-pip-version-check py-spy
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)

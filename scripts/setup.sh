@@ -8,10 +8,19 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { echo "setup: must run as root (apt, mounts, headers)" >&2; exit 1; }
 
-# System packages: bcc's Python module comes from the distribution (python3-bpfcc), not
-# PyPI; nftables and iproute2 drive the real-kernel tests, prometheus (server and
-# promtool) checks the exporter, dashboard and alert rules.
-scripts/apt-install.sh python3-bpfcc python3-venv nftables iproute2 util-linux openssl prometheus
+# System packages. bcc's Python module comes from the distribution (python3-bpfcc), not
+# PyPI. The rest is every external program `make test` runs (audited from tests/, bench/,
+# scripts/; a test that finds one missing fails under CI=true):
+#   nft (nftables), ip (iproute2)             - scenarios shape handshakes in their own netns
+#   unshare, nsenter, setpriv (util-linux)    - namespaces, least-privilege test
+#   openssl                                   - TLS certificate for the exporter test
+#   prometheus, promtool (prometheus)         - real scrape, dashboard queries, alert rules
+#   bpftool                                   - nothing of ours stays loaded; bench's foreign-program check
+#   gcc, libc6-dev                            - bench smoke test builds bench/churn.c
+#   tcpstates-bpfcc (bpfcc-tools)             - bench smoke test's reference row
+#   git                                       - bench records the revision it measured
+scripts/apt-install.sh python3-bpfcc python3-venv nftables iproute2 util-linux openssl \
+  prometheus bpftool gcc libc6-dev bpfcc-tools git
 
 scripts/mount-tracefs.sh
 scripts/kernel-headers.sh
