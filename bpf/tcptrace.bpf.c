@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 /* tcptrace-bpf kernel side: keeps each socket's handshake in a bounded map and emits one
  * record per resolved open. Compiled by bcc with -D flags built in tcptrace_bpf/loader.py:
  *   BACKEND_TRACEPOINT | BACKEND_KPROBE | BACKEND_FENTRY   which hooks to build

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only
 /* tcptrace-bpf wire format: the one authority for what crosses the ring buffer.
  * Mirrored once in Python by tcptrace_bpf/wire.py; a real-kernel test compares the two.
  * Fixed-width fields, largest first, no implicit padding. */

@@ -12,6 +12,7 @@ import tempfile
 import platform
 from dataclasses import dataclass, field
 from enum import Enum
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,7 +20,9 @@ from . import wire
 from .btf import BTF, BTFError, VMLINUX_BTF
 from .ringbuf import RingReader
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+# The C programs are package data (bpf/ in the tree, tcptrace_bpf/bpf/ once installed); bcc
+# wants a file path and an include directory, which a package on a file system gives.
+BPF_DIR = Path(str(resources.files("tcptrace_bpf.bpf")))
 BPF_SOURCE = BPF_DIR / "tcptrace.bpf.c"
 HEADERS_CACHE = Path("/var/cache/tcptrace-bpf/kernel-headers")
 
