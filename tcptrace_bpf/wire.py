@@ -6,8 +6,8 @@ it against the struct bcc compiled from the C header.
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -99,7 +99,9 @@ def _addr(raw: bytes, v4: bool) -> str:
     key = raw[:4] if v4 else raw  # 4 bytes or 16: the two families cannot collide
     text = _ADDR_CACHE.get(key)
     if text is None:
-        text = str(ipaddress.IPv4Address(key) if v4 else ipaddress.IPv6Address(key))
+        # inet_ntop, not ipaddress: v4-mapped addresses read ::ffff:127.0.0.1, as ss and the
+        # kernel print them (ipaddress before 3.13 prints ::ffff:7f00:1)
+        text = socket.inet_ntop(socket.AF_INET if v4 else socket.AF_INET6, key)
         if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
             _ADDR_CACHE.clear()
         _ADDR_CACHE[key] = text

@@ -99,6 +99,33 @@ def self_connect(fam: int) -> dict:
                               states=["CLOSE", "SYN_SENT", "SYN_RECV", "ESTABLISHED"], **me())]}
 
 
+def mapped() -> dict:
+    """A dual-stack listener on :: : an IPv4 client, and an IPv6 client that connects to the
+    v4-mapped address. The listener's children and that client are AF_INET6 sockets whose
+    addresses are ::ffff:127.0.0.1, the form getsockname() (inet_ntop) gives."""
+    srv = socket.socket(socket.AF_INET6)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    c4 = socket.create_connection((LO4, port))
+    s4, _ = srv.accept()
+    c6 = socket.socket(socket.AF_INET6)
+    c6.connect(("::ffff:" + LO4, port))
+    s6, _ = srv.accept()
+    out = []
+    for cli, child, fam in ((c4, s4, 4), (c6, s6, 6)):
+        s = child.getsockname()[:2]
+        assert s[0] == "::ffff:" + LO4, s
+        out += [expect(cli.getsockname()[:2], cli.getpeername()[:2], fam, "active", "established",
+                       states=["CLOSE", "SYN_SENT", "ESTABLISHED"], **me()),
+                expect(s, child.getpeername()[:2], 6, "passive", "established",
+                       states=["LISTEN", "SYN_RECV", "ESTABLISHED"], **me())]
+    for sock in (c4, s4, c6, s6, srv):
+        sock.close()
+    return {"expect": out}
+
+
 def crossed(fam: int, attempts: int = 5) -> dict:
     """Two sockets connect() to each other while an nft rule drops their first SYNs; both
     SYNs are re-sent in the same timer run and cross. One-sided runs are detected and redone."""
@@ -297,7 +324,7 @@ def stuck_syn_sent(hold: float = 4.0) -> dict:
 SCENARIOS = {
     "normal4": lambda: normal(4), "normal6": lambda: normal(6),
     "self4": lambda: self_connect(4), "self6": lambda: self_connect(6),
-    "crossed4": lambda: crossed(4), "crossed6": lambda: crossed(6),
+    "crossed4": lambda: crossed(4), "crossed6": lambda: crossed(6), "mapped": mapped,
     "refused": refused, "syn_timeout": syn_timeout, "unreachable": unreachable,
     "abort_syn_sent": abort_syn_sent, "synack_loss": synack_loss, "burst": burst,
     "refused_many": refused_many, "held_in_syn_sent": held_in_syn_sent,

@@ -23,8 +23,8 @@ def _check(tracer, name):
     return sc, got
 
 
-@pytest.mark.parametrize("name", ["normal4", "normal6", "self4", "self6", "crossed4", "crossed6",
-                                  "refused", "unreachable", "abort_syn_sent"])
+@pytest.mark.parametrize("name", ["normal4", "normal6", "mapped", "self4", "self6", "crossed4",
+                                  "crossed6", "refused", "unreachable", "abort_syn_sent"])
 def test_handshake(tracer, name):
     _check(tracer, name)
 
