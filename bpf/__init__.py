@@ -1,2 +1,2 @@
-"""The kernel-side C sources, installed as package data of `tcptrace_bpf.bpf` (pyproject.toml
-maps this directory there), so an installed tool finds them wherever it runs from."""
+"""The kernel-side C sources, as package data of `tcptrace_bpf.bpf` (tcptrace_bpf/bpf links
+here), so an installed tool finds them wherever it runs from."""
