@@ -200,9 +200,10 @@ def replay(
     match = _match(port, family, pid, netns, cgroup)
     exporter = None
     if listen:
-        from .exporter import Exporter, ServeOptions
+        from .exporter import NOT_REPLAYED_YET, Exporter, ServeOptions
         try:
-            exporter = Exporter(ServeOptions(listen=listen))
+            # 503 until the whole recording is in: a scrape never sees part of it
+            exporter = Exporter(ServeOptions(listen=listen), waiting=NOT_REPLAYED_YET)
         except ListenError as exc:
             raise _fail(str(exc), EXIT_TRACE)
         emit, flush = exporter.metrics.observe, (lambda: None)
@@ -220,6 +221,7 @@ def replay(
     if exporter:
         lost = end["lost"]
         exporter.add_self_metrics(end["extra"]["backend"].split()[0], lambda: lost, lambda: 0)
+        exporter.ready()
         _say(f"serving http://{listen}/metrics, Ctrl-C to stop")
         _wait(duration)
         exporter.close()
@@ -245,7 +247,9 @@ def export(
     basic_auth_password_file: Optional[Path] = typer.Option(None, help="File holding that user's password."),
     max_sockets: int = MAX_SOCKETS, half_open_timeout: float = HALF_OPEN,
 ):
-    """Serve Prometheus metrics of every connection open (metric names: README)."""
+    """Serve Prometheus metrics of every connection open on /metrics (metric names: README).
+    The port is bound first; /metrics answers 503 until the probes are attached. /-/ready
+    (200 once tracing) and /-/healthy (200 while serving) are for container probes."""
     from .exporter import Exporter, ServeOptions
     from .session import lost_events, run
 
@@ -256,9 +260,11 @@ def export(
         raise _fail(str(exc), EXIT_TRACE)
 
     def on_start(tracer, tracker):
+        # the probes are attached (Tracer.start): from here every open is counted
         exporter.count_in_kernel(tracer.aggregates)
         exporter.add_self_metrics(tracer.caps.backend.value, lambda: lost_events(tracer, tracker),
                                   tracer.tracked_sockets)
+        exporter.ready()
 
     # opens are classified and counted in the kernel; only request sockets that re-send
     # SYN-ACKs still cross the ring buffer (the tracker expires them)

@@ -38,21 +38,24 @@ def http_get(url: str, timeout: float = 10) -> str:
 
 
 class Exporter:
-    def __init__(self, *args):
+    """`tcptrace-bpf export` in the background, returned once it says it is serving (probes
+    attached); with wait=False at once (`serving` is set when that line comes)."""
+
+    def __init__(self, *args, wait: bool = True):
         self.port = free_port()
         self.proc = subprocess.Popen(
             TOOL + ["export", "--attach", "tracepoint", "--listen", f"127.0.0.1:{self.port}", *args],
             cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        ready = threading.Event()
+        self.serving = threading.Event()
         self.err: list[str] = []
 
         def read():
             for line in self.proc.stderr:
                 self.err.append(line)
                 if "serving http" in line:
-                    ready.set()
+                    self.serving.set()
         threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(120):
+        if wait and not self.serving.wait(120):
             self.proc.kill()
             raise RuntimeError("exporter did not start:\n" + "".join(self.err))
 
