@@ -67,16 +67,22 @@ class LiveTracer:
         `backend <name> (...)`."""
         return self.announce.split()[1]
 
-    def wait_for(self, netns: int, count: int, timeout: float = 15.0) -> list[dict]:
-        """Records of one namespace, once `count` have arrived (or the timeout passed)."""
+    def wait_for(self, netns: int, count: int, timeout: float = 15.0,
+                 pid: int | None = None) -> list[dict]:
+        """Records of one namespace (and, given `pid`, of the scenario's own process), once
+        `count` have arrived (or the timeout passed). Namespace inodes are recycled as soon as
+        a namespace dies, so records of an earlier namespace with the same inode (another
+        test's, or another program's on this host) can sit in the list: `pid` tells them apart."""
+        def mine() -> list[dict]:
+            return [r for r in self.records
+                    if r["netns"] == netns and (pid is None or r["pid"] == pid)]
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            got = [r for r in self.records if r["netns"] == netns]
-            if len(got) >= count:
+            if len(mine()) >= count:
                 time.sleep(0.3)  # anything extra arrives too, and fails the test
-                return [r for r in self.records if r["netns"] == netns]
+                break
             time.sleep(0.05)
-        return [r for r in self.records if r["netns"] == netns]
+        return mine()
 
     def stop(self, sig=2) -> tuple[int, str]:
         self.proc.send_signal(sig)

@@ -11,7 +11,7 @@ KEYS = ("path", "outcome", "family", "saddr", "sport", "daddr", "dport")
 def _check(tracer, name):
     sc = run_scenario(name)
     want = sc["expect"]
-    got = tracer.wait_for(sc["netns"], len(want), timeout=20)
+    got = tracer.wait_for(sc["netns"], len(want), timeout=20, pid=sc["pid"])
     assert len(got) == len(want), f"{name}: expected {want}\ngot {got}"
     for exp in want:
         match = [r for r in got if all(r[k] == exp[k] for k in ("saddr", "sport", "daddr", "dport"))]
@@ -46,7 +46,7 @@ def test_burst_counts_are_exact(tracer):
     sc = run_scenario("burst")
     n = sc["count"]
     assert sc["accepted"] == n and sc["clients_ok"] == n
-    got = tracer.wait_for(sc["netns"], 2 * n, timeout=30)
+    got = tracer.wait_for(sc["netns"], 2 * n, timeout=30, pid=sc["pid"])
     paths = sorted((r["path"], r["outcome"]) for r in got)
     assert paths.count(("active", "established")) == n
     assert paths.count(("passive", "established")) == n
