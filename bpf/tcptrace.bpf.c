@@ -2,9 +2,10 @@
 /* tcptrace-bpf kernel side: keeps each socket's handshake in a bounded map and emits one
  * record per resolved open. Compiled by bcc with -D flags built in tcptrace_bpf/loader.py:
  *   BACKEND_TRACEPOINT | BACKEND_KPROBE | BACKEND_FENTRY   which hooks to build
- *   OFF_*                 struct offsets from the running kernel's BTF (header offsets otherwise)
+ *   OFF_*                 struct offsets, every one (loader.OFFSETS): from the running kernel's
+ *                         BTF, or offsetof() against the headers when it has none
  *   MAX_SOCKETS, MAX_LISTENERS, RINGBUF_PAGES, TCPTRACE_EVENTS
- *   TCPTRACE_AGGREGATE, TT_NBUCKETS, TT_BUCKETS_NS   export mode: count opens in the kernel
+ *   TCPTRACE_AGGREGATE, TT_NBUCKETS, TT_B0..TT_B31   export mode: count opens in the kernel
  * Every read of a kernel struct goes through an OFF_* offset: header layouts can be wrong
  * for the running kernel (see README "Why BTF offsets"). */
 #include <uapi/linux/ptrace.h>
@@ -26,30 +27,7 @@
 #define RINGBUF_PAGES 512
 #endif
 
-/* Header fallbacks, used only when the kernel has no BTF. */
-#ifndef OFF_SKC_DADDR
-#define OFF_SKC_DADDR offsetof(struct sock_common, skc_daddr)
-#define OFF_SKC_RCV_SADDR offsetof(struct sock_common, skc_rcv_saddr)
-#define OFF_SKC_DPORT offsetof(struct sock_common, skc_dport)
-#define OFF_SKC_NUM offsetof(struct sock_common, skc_num)
-#define OFF_INET_SPORT offsetof(struct inet_sock, inet_sport)
-#define OFF_SKC_FAMILY offsetof(struct sock_common, skc_family)
-#define OFF_SKC_STATE offsetof(struct sock_common, skc_state)
-#define OFF_SKC_V6_DADDR offsetof(struct sock_common, skc_v6_daddr)
-#define OFF_SKC_V6_RCV_SADDR offsetof(struct sock_common, skc_v6_rcv_saddr)
-#define OFF_SKC_NET offsetof(struct sock_common, skc_net)
-#define OFF_NET_NS_INUM offsetof(struct net, ns.inum)
-#define OFF_NET_SYNACK_RETRIES offsetof(struct net, ipv4.sysctl_tcp_synack_retries)
-#define OFF_SK_ERR offsetof(struct sock, sk_err)
-#define OFF_SK_PROTOCOL offsetof(struct sock, sk_protocol)
-#define OFF_ICSK_SYN_RETRIES offsetof(struct inet_connection_sock, icsk_syn_retries)
-#define OFF_TCP_TOTAL_RETRANS offsetof(struct tcp_sock, total_retrans)
-#define OFF_TCP_SRTT_US offsetof(struct tcp_sock, srtt_us)
-#define OFF_SKB_CB offsetof(struct sk_buff, cb)
-#define OFF_TCB_TCP_FLAGS offsetof(struct tcp_skb_cb, tcp_flags)
-#define OFF_REQ_NUM_RETRANS offsetof(struct request_sock, num_retrans)
-#define OFF_TREQ_SNT_SYNACK offsetof(struct tcp_request_sock, snt_synack)
-#endif
+/* Optional fields (loader.OPTIONAL_OFFSETS), given only when the kernel has them. */
 #ifndef OFF_TCP_TOTAL_RTO_TIME
 #define OFF_TCP_TOTAL_RTO_TIME -1 /* absent before 6.7; then passive_us uses srtt only */
 #endif
@@ -278,15 +256,77 @@ static __always_inline void listener_key(void *sk, struct tcptrace_listener_key 
 	TT_READ(k->port, sk, OFF_SKC_NUM); /* bound port; inet_sport is set later in listen() */
 }
 
+static __always_inline void owned_by(struct tcptrace_record *r, struct tcptrace_listener_key *k)
+{
+	struct tcptrace_owner *o = listeners.lookup(k);
+	if (o) {
+		r->pid = o->pid;
+		r->cgroup_id = o->cgroup_id;
+		__builtin_memcpy(r->comm, o->comm, sizeof(r->comm));
+	}
+}
+
+/* ---------------------------------------------------------------- per mode
+ * Where trace and export mode differ inside the handlers, gathered here so each handler
+ * reads the same in both:
+ *   mode_attributes()  whether opens are attributed to processes (listeners' owners kept)
+ *   mode_begin()       what an open keeps when it begins, beyond its states
+ *   mode_resolve()     where a resolved open goes: the ring buffer, or the export counters */
+#ifdef TCPTRACE_AGGREGATE
+/* export mode names path, outcome and family only: no tuple, netns or process */
+static __always_inline bool mode_attributes(void)
+{
+	return false;
+}
+
+static __always_inline void mode_begin(struct tcptrace_record *r, void *sk, int old)
+{
+	TT_READ(r->family, sk, OFF_SKC_FAMILY);
+}
+
+static __always_inline void mode_resolve(struct tcptrace_record *r, void *sk)
+{
+	if (r->nstates > 2 && r->states[2] == TCP_SYN_RECV)
+		read_tuple(sk, r, false); /* self or simultaneous: the addresses tell */
+	aggregate(r);
+}
+#else
+static __always_inline bool mode_attributes(void)
+{
+	return true;
+}
+
+static __always_inline void mode_begin(struct tcptrace_record *r, void *sk, int old)
+{
+	r->netns = netns_of(sk);
+	read_tuple(sk, r, false);
+	if (old == TCP_CLOSE) {
+		/* connect() runs in the caller's context: attribute the open to it. */
+		r->pid = bpf_get_current_pid_tgid() >> 32;
+		r->cgroup_id = bpf_get_current_cgroup_id();
+		bpf_get_current_comm(&r->comm, sizeof(r->comm));
+	} else {
+		/* a passive child is born in softirq: the listener's owner is the process */
+		struct tcptrace_listener_key k = {.netns = r->netns, .port = r->sport};
+		owned_by(r, &k);
+	}
+}
+
+static __always_inline void mode_resolve(struct tcptrace_record *r, void *sk)
+{
+	read_ports(sk, r); /* an active open's local port is bound after SYN_SENT */
+	submit(r);
+}
+#endif
+
 /* CLOSE > LISTEN runs in listen()'s process context: remember who owns the port. */
 static __always_inline void on_listen(void *sk, bool start)
 {
 	struct tcptrace_listener_key k = {};
 	struct tcptrace_owner o = {};
 
-#ifdef TCPTRACE_AGGREGATE
-	return; /* export mode attributes nothing to processes */
-#endif
+	if (!mode_attributes())
+		return;
 	listener_key(sk, &k);
 	if (!k.port)
 		return; /* unbound listen(): the port is picked after this event */
@@ -300,16 +340,6 @@ static __always_inline void on_listen(void *sk, bool start)
 	listeners.update(&k, &o);
 }
 
-static __always_inline void owned_by(struct tcptrace_record *r, struct tcptrace_listener_key *k)
-{
-	struct tcptrace_owner *o = listeners.lookup(k);
-	if (o) {
-		r->pid = o->pid;
-		r->cgroup_id = o->cgroup_id;
-		__builtin_memcpy(r->comm, o->comm, sizeof(r->comm));
-	}
-}
-
 /* A new open begins on this socket: fresh state, replacing any stale entry. */
 static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old, u64 now)
 {
@@ -321,23 +351,7 @@ static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old,
 	push_state(&r, old);
 	if (!now)
 		r.flags |= TT_F_NO_START;
-#ifdef TCPTRACE_AGGREGATE
-	/* export mode names path, outcome and family only: no tuple, netns or process */
-	TT_READ(r.family, sk, OFF_SKC_FAMILY);
-#else
-	r.netns = netns_of(sk);
-	read_tuple(sk, &r, false);
-	if (old == TCP_CLOSE) {
-		/* connect() runs in the caller's context: attribute the open to it. */
-		r.pid = bpf_get_current_pid_tgid() >> 32;
-		r.cgroup_id = bpf_get_current_cgroup_id();
-		bpf_get_current_comm(&r.comm, sizeof(r.comm));
-	} else {
-		/* a passive child is born in softirq: the listener's owner is the process */
-		struct tcptrace_listener_key k = {.netns = r.netns, .port = r.sport};
-		owned_by(&r, &k);
-	}
-#endif
+	mode_begin(&r, sk, old);
 	if (opens.insert(&key, &r)) { /* BPF_NOEXIST: one map operation on the common path */
 		if (!opens.lookup(&key)) {
 			count(TT_STAT_TABLE_FULL);
@@ -360,9 +374,6 @@ static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r
 	err = e;
 	r->sk_err = err;
 	r->ts_ns = now;
-#ifndef TCPTRACE_AGGREGATE
-	read_ports(sk, r); /* an active open's local port is bound after SYN_SENT */
-#endif
 	if (r->states[0] == TCP_LISTEN) {
 		/* a passive child inherits the request's SYN-ACK re-sends in total_retrans */
 		r->synack_retrans = total;
@@ -375,13 +386,7 @@ static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r
 	} else if (total > r->syn_retrans) {
 		r->synack_retrans = total - r->syn_retrans;
 	}
-#ifdef TCPTRACE_AGGREGATE
-	if (r->nstates > 2 && r->states[2] == TCP_SYN_RECV)
-		read_tuple(sk, r, false); /* self or simultaneous: the addresses tell */
-	aggregate(r);
-#else
-	submit(r);
-#endif
+	mode_resolve(r, sk);
 	opens.delete(&key);
 }
 

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /* tcptrace-bpf wire format: the one authority for what crosses the ring buffer.
- * Mirrored once in Python by tcptrace_bpf/wire.py; a real-kernel test compares the two.
+ * Mirrored once in Python by tcptrace_bpf/wire.py (and the export index orders by the enums of
+ * tcptrace_bpf/model.py): tests/test_header_mirror.py reads this file and checks every constant
+ * and the field order, a real-kernel test the layout bcc compiled.
  * Fixed-width fields, largest first, no implicit padding. */
 #ifndef TCPTRACE_H
 #define TCPTRACE_H
@@ -37,7 +39,7 @@
 
 /* Export mode (TCPTRACE_AGGREGATE): each resolved open is classified in the kernel and
  * counted in per-CPU arrays (bpf/tcptrace.bpf.c, "export mode") instead of crossing the ring buffer.
- * Index orders, mirrored in wire.py: */
+ * Index orders, mirrored by the member orders of model.OpenPath and model.Outcome: */
 #define TT_PATH_ACTIVE       0
 #define TT_PATH_PASSIVE      1
 #define TT_PATH_SIMULTANEOUS 2

@@ -112,7 +112,8 @@ def _backends(r: Report) -> None:
             r.backends.append(backend.value)
             r.add(f"backend {backend.value}", "ok", "loads and attaches")
         except loader.LoaderError as exc:
-            why = str(exc).split(": ", 1)[-1].split(": ", 1)[-1]
+            # forced to one backend: the one trial says why; anything else is its own message
+            why = exc.trials[-1].reason if isinstance(exc, loader.NoBackendError) else str(exc)
             r.add(f"backend {backend.value}", "warn", f"refused: {why}",
                   "none needed if another backend loads" if backend is not loader.Backend.TRACEPOINT
                   else "a kernel with the sock:inet_sock_set_state tracepoint (4.16+)")

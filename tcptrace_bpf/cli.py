@@ -9,21 +9,20 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import sys
-import time
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TextIO
 
 import typer
 
 from . import __version__
-from .http import DEFAULT_LISTEN, ListenError
+from .endpoint import DEFAULT_LISTEN, ListenError
 from .loader import LoaderError, Settings
 from .recording import RecordingError
-from .sinks import jsonl, text
+from .sinks import Discard, RunStart, jsonl, text
+from .summary import RunSummary
 from .tracker import Match
 
 EXIT_TRACE, EXIT_USAGE, EXIT_RECORDING = 1, 2, 3
@@ -68,10 +67,28 @@ def _fail(msg: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _summary(tracker, end: dict) -> None:
-    extra = dict(end["extra"])
-    backend = extra.pop("backend")
-    print(text.summary(tracker.counts, end["lost"], backend, extra), file=sys.stderr)
+def _finish(summary: RunSummary, summary_json: Optional[TextIO]) -> None:
+    """The text summary on stderr, always; with --summary-json, the JSON document too."""
+    print(text.summary(summary), file=sys.stderr)
+    if summary_json is not None:
+        doc = json.dumps(summary.to_dict(), separators=(",", ":"))
+        summary_json.write(doc + "\n")
+        summary_json.flush()
+        if summary_json is not sys.stderr:
+            summary_json.close()
+
+
+def _summary_json(value: Optional[str]) -> Optional[TextIO]:
+    """--summary-json FILE|-: opened (FILE truncated) before the run, so a bad path is a usage
+    error now, not after the run."""
+    if value is None:
+        return None
+    if value == "-":
+        return sys.stderr
+    try:
+        return open(value, "w")
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write {value}: {exc.strerror}") from None
 
 
 def _inode(what: str):
@@ -103,6 +120,10 @@ NETNS = typer.Option(None, callback=_inode("network namespace"), metavar="INODE|
                      help="Only this network namespace: inode, /proc/PID/ns/net or /run/netns/NAME.")
 CGROUP = typer.Option(None, callback=_inode("cgroup"), metavar="ID|PATH",
                       help="Only this cgroup (v2): id, or its directory under the cgroup2 mount.")
+# declared as a str for typer; the callback hands the command an open stream (or None)
+SUMMARY_JSON = typer.Option(None, "--summary-json", callback=_summary_json, metavar="FILE|-",
+                            help="At exit, also write the summary as one JSON document to "
+                                 "FILE (- : one line on stderr). Keys: README.")
 
 
 def _match(port, family, pid, netns, cgroup) -> Match:
@@ -118,10 +139,31 @@ def _live(attach, max_sockets, events, duration, half_open, match=Match()):
 
 
 def _printer(json_out: bool):
-    """emit() writes a line into stdout's buffer; flush() (once per poll) sends it."""
-    render = jsonl.render if json_out else text.render
-    write = sys.stdout.write
-    return (lambda item: write(render(item) + "\n")), sys.stdout.flush
+    """Lines into stdout's buffer, sent once per poll."""
+    return jsonl.sink() if json_out else text.sink()
+
+
+class _Serving:
+    """The Prometheus endpoint as a sink: its metrics count the opens, self-metrics join
+    once the run says its backend. Ready (a scrape sees a whole exposition) at start for
+    live export, at close for a replay (the whole recording is in)."""
+
+    def __init__(self, exporter, ready_at_start: bool):
+        self.exporter, self.ready_at_start = exporter, ready_at_start
+        self.emit = exporter.metrics.observe
+
+    def start(self, run: RunStart) -> None:
+        self.exporter.metrics.start(run)
+        self.exporter.add_self_metrics(run.backend, run.lost, run.tracked)
+        if self.ready_at_start:
+            self.exporter.ready()
+
+    def flush(self) -> None:
+        pass  # read at scrape time
+
+    def close(self, summary: RunSummary) -> None:
+        if not self.ready_at_start:
+            self.exporter.ready()
 
 
 @app.command(epilog=EXAMPLES)
@@ -132,20 +174,20 @@ def trace(
     duration: Optional[float] = DURATION, attach: Attach = ATTACH,
     events: bool = typer.Option(False, "--events", help="Also print every raw probe event."),
     max_sockets: int = MAX_SOCKETS, half_open_timeout: float = HALF_OPEN,
+    summary_json: Optional[str] = SUMMARY_JSON,
 ):
     """Print one line per connection-open attempt when it resolves; a summary at exit."""
     from .session import run
-    emit, flush = _printer(json_out)
     opts = _live(attach, max_sockets, events, duration, half_open_timeout,
                  _match(port, family, pid, netns, cgroup))
     try:
-        tracker, end = run(opts, emit=emit, flush=flush,
-                           announce=lambda m: _say(m + "; tracing, Ctrl-C to stop"))
+        summary = run(opts, _printer(json_out),
+                      announce=lambda m: _say(m + "; tracing, Ctrl-C to stop"))
     except LoaderError as exc:
         raise _fail(str(exc), EXIT_TRACE)
     except BrokenPipeError:
         raise typer.Exit(0)
-    _summary(tracker, end)
+    _finish(summary, summary_json)
 
 
 @app.command()
@@ -154,34 +196,26 @@ def record(
     duration: Optional[float] = DURATION, attach: Attach = ATTACH,
     events: bool = typer.Option(False, "--events", help="Also record every raw probe event."),
     max_sockets: int = MAX_SOCKETS, half_open_timeout: float = HALF_OPEN,
+    summary_json: Optional[str] = SUMMARY_JSON,
 ):
     """Record the kernel's records to FILE for `replay` elsewhere; a summary at exit."""
-    from . import recording
+    from .recording import Recorder
     from .session import run
     try:
         f = open(file, "wb")
     except OSError as exc:
         raise _fail(f"cannot write {file}: {exc.strerror}", EXIT_TRACE)
-    writer = {}
-
-    def on_start(tracer, tracker):
-        writer["w"] = recording.Writer(f, recording.Header(
-            kernel=platform.release(), backend=tracer.caps.backend.value,
-            epoch_offset=tracker.epoch_offset, events=events, tool_version=__version__))
-
+    recorder = Recorder(f, platform.release(), events, __version__)
     try:
         with f:
-            tracker, end = run(_live(attach, max_sockets, events, duration, half_open_timeout),
-                               emit=lambda item: None, flush=f.flush, on_start=on_start,
-                               on_raw=lambda raw: writer["w"].record(raw),
-                               announce=lambda m: _say(f"{m}; recording to {file}, Ctrl-C to stop"))
-            writer["w"].close(recording.Trailer(end["ended_ns"], end["kernel_lost"]))
+            summary = run(_live(attach, max_sockets, events, duration, half_open_timeout),
+                          Discard(), raw=recorder,
+                          announce=lambda m: _say(f"{m}; recording to {file}, Ctrl-C to stop"))
     except LoaderError as exc:
-        f.close()
         file.unlink(missing_ok=True)
         raise _fail(str(exc), EXIT_TRACE)
-    end["extra"]["records written"] = writer["w"].records
-    _summary(tracker, end)
+    summary.records_written = recorder.records
+    _finish(summary, summary_json)
 
 
 @app.command()
@@ -194,46 +228,37 @@ def replay(
     netns: Optional[str] = NETNS, cgroup: Optional[str] = CGROUP,
     duration: Optional[float] = typer.Option(None, min=0.0, help="With --listen: serve this "
                                              "many seconds, then exit."),
+    summary_json: Optional[str] = SUMMARY_JSON,
 ):
     """Feed a recording to the same tracker and outputs as live; needs no privileges."""
     from .replay import replay as run_replay
+    from .session import Signals
     match = _match(port, family, pid, netns, cgroup)
     exporter = None
     if listen:
-        from .exporter import NOT_REPLAYED_YET, Exporter, ServeOptions
+        from .endpoint import NOT_REPLAYED_YET, Exporter, ServeOptions
         try:
             # 503 until the whole recording is in: a scrape never sees part of it
             exporter = Exporter(ServeOptions(listen=listen), waiting=NOT_REPLAYED_YET)
         except ListenError as exc:
             raise _fail(str(exc), EXIT_TRACE)
-        emit, flush = exporter.metrics.observe, (lambda: None)
+        sink = _Serving(exporter, ready_at_start=False)
     else:
-        emit, flush = _printer(json_out)
+        sink = _printer(json_out)
     try:
-        tracker, end = run_replay(file, match, emit, flush)
+        summary = run_replay(file, match, sink)
     except RecordingError as exc:
         if exporter:
             exporter.close()
         raise _fail(str(exc), EXIT_RECORDING)
     except BrokenPipeError:
         raise typer.Exit(0)
-    _summary(tracker, end)
+    _finish(summary, summary_json)
     if exporter:
-        lost = end["lost"]
-        exporter.add_self_metrics(end["extra"]["backend"].split()[0], lambda: lost, lambda: 0)
-        exporter.ready()
         _say(f"serving http://{listen}/metrics, Ctrl-C to stop")
-        _wait(duration)
+        with Signals() as signals:
+            signals.wait(duration)
         exporter.close()
-
-
-def _wait(duration: Optional[float]) -> None:
-    stop = {"now": False}
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, lambda *_: stop.update(now=True))
-    deadline = None if duration is None else time.monotonic() + duration
-    while not stop["now"] and (deadline is None or time.monotonic() < deadline):
-        time.sleep(0.1)
 
 
 @app.command(epilog=EXPORT_EXAMPLES)
@@ -246,12 +271,13 @@ def export(
     basic_auth_user: Optional[str] = typer.Option(None, help="Require HTTP basic auth as this user."),
     basic_auth_password_file: Optional[Path] = typer.Option(None, help="File holding that user's password."),
     max_sockets: int = MAX_SOCKETS, half_open_timeout: float = HALF_OPEN,
+    summary_json: Optional[str] = SUMMARY_JSON,
 ):
     """Serve Prometheus metrics of every connection open on /metrics (metric names: README).
     The port is bound first; /metrics answers 503 until the probes are attached. /-/ready
     (200 once tracing) and /-/healthy (200 while serving) are for container probes."""
-    from .exporter import Exporter, ServeOptions
-    from .session import lost_events, run
+    from .endpoint import Exporter, ServeOptions
+    from .session import run
 
     serve = ServeOptions(listen, tls_cert, tls_key, basic_auth_user, basic_auth_password_file)
     try:
@@ -259,26 +285,19 @@ def export(
     except ListenError as exc:
         raise _fail(str(exc), EXIT_TRACE)
 
-    def on_start(tracer, tracker):
-        # the probes are attached (Tracer.start): from here every open is counted
-        exporter.count_in_kernel(tracer.aggregates)
-        exporter.add_self_metrics(tracer.caps.backend.value, lambda: lost_events(tracer, tracker),
-                                  tracer.tracked_sockets)
-        exporter.ready()
-
     # opens are classified and counted in the kernel; only request sockets that re-send
     # SYN-ACKs still cross the ring buffer (the tracker expires them)
     opts = _live(attach, max_sockets, False, None, half_open_timeout)
     opts.settings = replace(opts.settings, aggregate_buckets=tuple(exporter.buckets))
     try:
-        tracker, end = run(opts,
-                           emit=exporter.metrics.observe, flush=lambda: None, on_start=on_start,
-                           announce=lambda m: _say(f"{m}; serving {serve.url}"))
+        # ready once the probes are attached: from then on every open is counted
+        summary = run(opts, _Serving(exporter, ready_at_start=True),
+                      announce=lambda m: _say(f"{m}; serving {serve.url}"))
     except LoaderError as exc:
         raise _fail(str(exc), EXIT_TRACE)
     finally:
         exporter.close()
-    _summary(tracker, end)
+    _finish(summary, summary_json)
 
 
 @app.command()

@@ -16,9 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import wire
 from .btf import BTF, BTFError, VMLINUX_BTF
 from .ringbuf import RingReader
+from .summary import KERNEL_STATS, LossReason
 
 # The C programs are package data (bpf/ in the tree, tcptrace_bpf/bpf/ once installed); bcc
 # wants a file path and an include directory, which a package on a file system gives.
@@ -26,7 +26,8 @@ BPF_DIR = Path(str(resources.files("tcptrace_bpf.bpf")))
 BPF_SOURCE = BPF_DIR / "tcptrace.bpf.c"
 HEADERS_CACHE = Path("/var/cache/tcptrace-bpf/kernel-headers")
 
-# -D name -> (struct, member path): every struct field the BPF programs read.
+# -D name -> (struct, member path): every struct field the BPF programs read, the one list. The
+# C has none of its own: offset_cflags() gives each one, from BTF or the headers' offsetof().
 OFFSETS = {
     "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
     "OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
@@ -50,6 +51,7 @@ OFFSETS = {
     "OFF_REQ_NUM_RETRANS": ("request_sock", "num_retrans"),
     "OFF_TREQ_SNT_SYNACK": ("tcp_request_sock", "snt_synack"),
 }
+# Fields some kernels lack: given only when BTF has them; the C has an "absent" default.
 OPTIONAL_OFFSETS = {"OFF_TCP_TOTAL_RTO_TIME": ("tcp_sock", "total_rto_time")}
 
 
@@ -82,16 +84,40 @@ class Settings:
     aggregate_buckets: tuple[float, ...] = ()
 
 
+@dataclass(frozen=True)
+class BackendTrial:
+    """One backend's trial load: loaded, or why the kernel (or bcc) refused it."""
+    backend: Backend
+    loaded: bool
+    reason: str = ""             # the first line libbpf or bcc said; "" when loaded
+
+    @property
+    def outcome(self) -> str:
+        return "loaded" if self.loaded else self.reason
+
+    def __str__(self) -> str:
+        return f"{self.backend.value}: {self.outcome}"
+
+
+class NoBackendError(LoaderError):
+    """Every backend tried was refused; `trials` says why, per backend."""
+
+    def __init__(self, trials: list[BackendTrial]):
+        super().__init__("no backend could attach: " + "; ".join(map(str, trials)))
+        self.trials = trials
+
+
 @dataclass
 class Capabilities:
     """What start-up decided, once, for the user to see."""
     backend: Backend
     offsets_from: str            # "BTF" or "kernel headers"
     headers: str                 # where bcc's kernel headers come from
-    tried: list[str] = field(default_factory=list)  # "fentry: refused (...)" ...
+    trials: list[BackendTrial] = field(default_factory=list)  # in the order tried
+    forced: bool = False         # --attach named the backend: nothing was chosen
 
     def describe(self) -> str:
-        why = "; ".join(self.tried) if self.tried else "forced"
+        why = "forced" if self.forced or not self.trials else "; ".join(map(str, self.trials))
         return (f"backend {self.backend.value} ({why}); struct offsets from "
                 f"{self.offsets_from}; headers {self.headers}")
 
@@ -122,9 +148,11 @@ def kernel_headers() -> str:
 
 
 def offset_cflags(btf_path: Path = VMLINUX_BTF) -> tuple[list[str], str]:
-    """-D flags with every struct offset from BTF; none (header offsets) without BTF."""
+    """-D flags with every struct offset: from BTF, or without BTF the offsetof() the kernel
+    headers give (optional fields then stay absent: the headers may lack them)."""
     if not btf_path.exists():
-        return [], "kernel headers (no BTF)"
+        return ([f"-D{name}=offsetof(struct {s}, {m})" for name, (s, m) in OFFSETS.items()],
+                "kernel headers (no BTF)")
     try:
         btf = BTF.from_file(btf_path)
         flags = [f"-D{name}={btf.offsetof(s, m)}" for name, (s, m) in OFFSETS.items()]
@@ -201,10 +229,10 @@ class Tracer:
         headers = kernel_headers()
         offsets, offsets_from = offset_cflags()
         order = AUTO_ORDER if attach == "auto" else (Backend(attach),)
-        tried: list[str] = []
+        trials: list[BackendTrial] = []
         for backend in order:
             if backend is Backend.KPROBE and (why := _kprobes_possible()):
-                tried.append(f"kprobe: {why}")
+                trials.append(BackendTrial(backend, False, why))
                 continue
             try:
                 with kernel_messages() as said:
@@ -212,13 +240,13 @@ class Tracer:
             except Exception as exc:  # bcc raises bare Exception for compile/load/attach
                 # libbpf's own line ("Failed to load program: Operation not permitted")
                 # says more than bcc's exception ("Need super-user privileges")
-                tried.append(f"{backend.value}: {said() or first_line(exc)}")
+                trials.append(BackendTrial(backend, False, said() or first_line(exc)))
                 continue
-            tried.append(f"{backend.value}: loaded")
-            return cls(bpf, Capabilities(backend, offsets_from, headers,
-                                         tried if attach == "auto" else []),
+            trials.append(BackendTrial(backend, True))
+            return cls(bpf, Capabilities(backend, offsets_from, headers, trials,
+                                         forced=attach != "auto"),
                        settings.ringbuf_pages * mmap.PAGESIZE)
-        raise LoaderError("no backend could attach: " + "; ".join(tried))
+        raise NoBackendError(trials)
 
     def open_ring(self, on_record: Callable[[bytes], None]) -> None:
         events = self.bpf["events"]
@@ -247,9 +275,10 @@ class Tracer:
             self.bpf.ring_buffer_consume()
 
     def kernel_lost(self) -> dict[str, int]:
+        """Losses on the kernel side by reason (summary.KERNEL_REASONS, zeros included)."""
         stats = self.bpf["stats"]
-        lost = {name: int(sum(stats[ctypes.c_int(i)])) for i, name in enumerate(wire.STAT_NAMES)}
-        lost["half_open_expired"] = self.half_open_expired
+        lost = {r.value: int(sum(stats[ctypes.c_int(i)])) for i, r in enumerate(KERNEL_STATS)}
+        lost[LossReason.HALF_OPEN_EXPIRED.value] = self.half_open_expired
         return lost
 
     def aggregates(self) -> dict[str, list[int]]:

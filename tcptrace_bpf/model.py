@@ -30,6 +30,9 @@ class TcpState(IntEnum):
             return f"STATE_{value}"
 
 
+# OpenPath and Outcome are also the kernel's export-mode index orders: member i is
+# TT_PATH_*/TT_OUT_* == i in bpf/tcptrace.h (wire.AGG_* derive from them; tests/test_header_mirror.py
+# holds the two together), so add or move a member on both sides.
 class OpenPath(str, Enum):
     ACTIVE = "active"              # CLOSE > SYN_SENT > ESTABLISHED
     PASSIVE = "passive"            # listener child: SYN_RECV > ESTABLISHED

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, Optional
 
@@ -72,6 +73,35 @@ class Writer:
         body = json.dumps(trailer.__dict__, sort_keys=True).encode()
         self.f.write(FRAME.pack(FRAME_TRAILER, len(body)) + body)
         self.f.flush()
+
+
+class Recorder:
+    """`record` as a sink of raw wire records (sinks.Sink): the header once the run says its
+    backend and clock, one frame per record, the end marker with the kernel's losses."""
+
+    def __init__(self, f: BinaryIO, kernel: str, events: bool, tool_version: str):
+        self.f, self.kernel, self.events, self.tool_version = f, kernel, events, tool_version
+        self.writer: Optional[Writer] = None
+
+    @property
+    def records(self) -> int:
+        return self.writer.records if self.writer else 0
+
+    def start(self, run) -> None:
+        self.writer = Writer(self.f, Header(
+            kernel=self.kernel, backend=run.backend, epoch_offset=run.epoch_offset,
+            events=self.events, tool_version=self.tool_version))
+        self.emit = self.writer.record  # the hot path: one call per record
+
+    def emit(self, raw: bytes) -> None:  # replaced by the writer's own at start()
+        raise RuntimeError("Recorder.emit before start")
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self, summary) -> None:
+        # the session has drained the ring: the recording ends now, on the records' clock
+        self.writer.close(Trailer(time.monotonic_ns(), dict(summary.kernel_lost)))
 
 
 class Reader:

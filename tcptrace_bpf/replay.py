@@ -1,26 +1,34 @@
-"""Replay: a recording fed to the same tracker as live, by the records' own clock. No root."""
+"""Replay: a recording fed to the same tracker and sinks as live, by the records' own clock.
+No root."""
 
 from __future__ import annotations
 
-from typing import Callable
-
 from . import recording, wire
 from .recording import RecordingError
-from .session import POLL_MS, sum_lost
+from .session import POLL_MS
+from .sinks import RunStart, Sink
+from .summary import KERNEL_REASONS, RunSummary, add_lost
 from .tracker import Match, Tracker
 
 _EXPIRE_EVERY_NS = POLL_MS * 1_000_000  # as often as a live session would
 _FLUSH_EVERY = 4096  # records: sinks batch their output, memory stays bounded
 
 
-def replay(path: str, match: Match, emit: Callable[[object], None],
-           flush: Callable[[], None]) -> tuple[Tracker, dict]:
+def replay(path: str, match: Match, sink: Sink) -> RunSummary:
     """Feed every record of `path`; RecordingError at the first bad byte (records before it
-    have been emitted)."""
+    have been emitted and flushed; the sink is not closed)."""
     f, reader = recording.open_reader(path)
     with f:
         head = reader.header
         tracker = Tracker(head.epoch_offset, match)
+
+        def lost() -> dict[str, int]:
+            # the recording keeps the kernel's losses; Python's are made again by this tracker
+            return add_lost(reader.trailer.lost if reader.trailer else {}, tracker.lost)
+
+        sink.start(RunStart(backend=head.backend, epoch_offset=head.epoch_offset,
+                            lost=lost, tracked=lambda: 0))
+        emit = sink.emit
         version, n, next_expiry = head.wire_version, 0, 0
         try:
             for raw in reader.records():
@@ -37,13 +45,17 @@ def replay(path: str, match: Match, emit: Callable[[object], None],
                         emit(item)
                     next_expiry = rec.ts_ns + _EXPIRE_EVERY_NS
                 if not n % _FLUSH_EVERY:
-                    flush()
+                    sink.flush()
         finally:
-            flush()  # what came before a bad byte is still shown
+            sink.flush()  # what came before a bad byte is still shown
         for item in tracker.expire(reader.trailer.ended_ns):
             emit(item)
-        flush()
-        extra = {"backend": f"{head.backend} (replay of {n} records from kernel {head.kernel})",
-                 "unresolved requests": tracker.pending_requests}
-        # the recording keeps the kernel's losses; Python's are made again by this tracker
-        return tracker, {"lost": sum_lost(reader.trailer.lost, tracker.lost), "extra": extra}
+        sink.flush()
+        kernel = {r.value: 0 for r in KERNEL_REASONS}
+        kernel.update(reader.trailer.lost)
+        summary = RunSummary(
+            backend=head.backend, counts=dict(tracker.counts), lost=lost(),
+            kernel_lost=kernel, pending_requests=tracker.pending_requests,
+            replayed_records=n, recorded_kernel=head.kernel)
+        sink.close(summary)
+        return summary

@@ -11,14 +11,13 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 from typing import Optional, Union
 
-from . import wire
+from . import tcp_timers, wire
 from .model import OpenPath, OpenRecord, Outcome, ProbeEvent, TcpState
+from .summary import LossReason
 
 S = TcpState
 # sk_err values that name the outcome directly; any other error came from ICMP
 _ERR_OUTCOME = {errno.ETIMEDOUT: Outcome.TIMEOUT, errno.ECONNRESET: Outcome.RESET}
-# The request socket's SYN-ACK timer: 1 s, doubling, capped at TCP_RTO_MAX (120 s).
-_TIMEOUT_INIT_S, _RTO_MAX_S = 1.0, 120.0
 _EXPIRY_SLACK_S = 1.0
 
 
@@ -54,9 +53,8 @@ class _PendingRequest:
 
     def deadline_ns(self) -> int:
         """When the kernel drops the request: after `budget` timer-driven re-sends."""
-        start = self.first.start_ns or self.first.ts_ns - int(_TIMEOUT_INIT_S * 1e9)
-        life = sum(min(_TIMEOUT_INIT_S * 2 ** i, _RTO_MAX_S)
-                   for i in range(self.first.synack_budget + 1))
+        start = self.first.start_ns or self.first.ts_ns - int(tcp_timers.TIMEOUT_INIT_S * 1e9)
+        life = tcp_timers.synack_resend_times(self.first.synack_budget)[-1]
         return start + int((life + _EXPIRY_SLACK_S) * 1e9)
 
 
@@ -78,7 +76,7 @@ class Tracker:
         try:
             rec = wire.decode(buf)
         except wire.DecodeError:
-            self.lost["decode_error"] += 1
+            self.lost[LossReason.DECODE_ERROR.value] += 1
             return []
         return self.feed(rec)
 
@@ -110,7 +108,7 @@ class Tracker:
     def _open(self, rec: wire.Record) -> Optional[OpenRecord]:
         path = self._path(rec)
         if path is None:
-            self.lost["unknown_transition"] += 1
+            self.lost[LossReason.UNKNOWN_TRANSITION.value] += 1
             return None
         if path is OpenPath.PASSIVE and self._pending:
             self._pending.pop(_tuple_key(rec), None)  # its request, if it was re-sending
@@ -181,7 +179,7 @@ class Tracker:
         if p is None:
             if len(self._pending) >= self.max_pending:
                 self._pending.popitem(last=False)
-                self.lost["request_evicted"] += 1
+                self.lost[LossReason.REQUEST_EVICTED.value] += 1
             self._pending[key] = _PendingRequest(rec, rec)
         else:
             p.last = rec

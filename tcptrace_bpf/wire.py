@@ -1,7 +1,8 @@
 """Python mirror of bpf/tcptrace.h: the ring-buffer record layout, and decode().
 
-This is the only Python module that knows the byte layout. tests/kernel/test_wire.py checks
-it against the struct bcc compiled from the C header.
+This is the only Python module that knows the byte layout. tests/test_header_mirror.py checks
+every constant and the field order here against the header's text, and tests/kernel/test_backends.py
+the layout against the struct bcc compiled from it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from .model import OpenPath, Outcome
+
 WIRE_VERSION = 2
 MAX_STATES = 8
+COMM_LEN = 16
 AF_INET, AF_INET6 = 2, 10
 
 KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT = 1, 2, 3
@@ -20,10 +24,11 @@ PROBE_STATE, PROBE_RST_IN, PROBE_SYN_IN, PROBE_SYNACK_OUT, PROBE_DESTROY = 1, 2,
 F_RST_IN, F_SYN_IN, F_SYNACK_OUT, F_NO_START, F_DESTROYED = 0x01, 0x02, 0x04, 0x08, 0x10
 STAT_NAMES = ("ringbuf_full", "table_full", "stale_entry", "unknown_transition")  # TT_STAT_*
 
-# Export mode's kernel counters (bpf/tcptrace.bpf.c, "export mode"): index orders of TT_PATH_* and
-# TT_OUT_*, as the names tcptrace_bpf.model gives them; family index 0 is IPv4.
-AGG_PATHS = ("active", "passive", "simultaneous", "self")
-AGG_OUTCOMES = ("established", "refused", "reset", "timeout", "unreachable", "aborted")
+# Export mode's kernel counters (bpf/tcptrace.bpf.c, "export mode"): the index orders of
+# TT_PATH_* and TT_OUT_* are the member orders of model's OpenPath and Outcome; family index 0
+# is IPv4 (TT_NFAMILIES).
+AGG_PATHS = tuple(p.value for p in OpenPath)
+AGG_OUTCOMES = tuple(o.value for o in Outcome)
 AGG_FAMILIES = (4, 6)
 
 
@@ -36,7 +41,7 @@ def duration_index(path: int, family: int, nbuckets: int) -> int:
     return (path * len(AGG_FAMILIES) + family) * (nbuckets + 2)
 
 # struct tcptrace_record, field for field (little-endian, no implicit padding)
-_FORMAT = "<QQQQ16s16sIIIHHHBBBBBBB8sB6x16s"
+_FORMAT = f"<QQQQ16s16sIIIHHHBBBBBBB{MAX_STATES}sB6x{COMM_LEN}s"
 RECORD = struct.Struct(_FORMAT)
 RECORD_SIZE = RECORD.size  # 120
 FIELDS = ("ts_ns", "start_ns", "skaddr", "cgroup_id", "saddr", "daddr", "netns", "pid",

@@ -3,29 +3,21 @@ and after ready; basic auth, TLS, v4 and v6 at once; replay --listen ready once 
 
 import base64
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
-import sys
-import threading
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from tcptrace_bpf import http
-from tcptrace_bpf.exporter import NOT_TRACING_YET, Exporter, ServeOptions
+from tcptrace_bpf import endpoint
+from tcptrace_bpf.endpoint import NOT_TRACING_YET, Exporter, ServeOptions
 from tests import fixtures
+from tests.background import TOOL, Background, free_port
 from tests.conftest import require
-
-TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_export(*args):
@@ -65,7 +57,7 @@ def _registry():
 
 
 def test_basic_auth_required_when_configured():
-    server = http.serve(http.Endpoint("127.0.0.1", 0, auth_user="prom", auth_password="s3cret"), _registry())
+    server = endpoint.serve(endpoint.Endpoint("127.0.0.1", 0, auth_user="prom", auth_password="s3cret"), _registry())
     url = f"http://127.0.0.1:{server.server_port}/metrics"
     try:
         with pytest.raises(urllib.error.HTTPError) as err:
@@ -84,7 +76,7 @@ def test_tls(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    server = http.serve(http.Endpoint("127.0.0.1", 0, str(cert), str(key)), _registry())
+    server = endpoint.serve(endpoint.Endpoint("127.0.0.1", 0, str(cert), str(key)), _registry())
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
         ctx.check_hostname = False
@@ -109,8 +101,8 @@ def get(url: str, headers=None, method="GET", **kw) -> tuple[int, str, dict]:
 @pytest.fixture
 def waiting():
     """A server not ready yet (as export is while it compiles), with its Readiness."""
-    readiness = http.Readiness("not tracing yet: compiling and attaching BPF programs")
-    server = http.serve(http.Endpoint("127.0.0.1", 0), _registry(), readiness)
+    readiness = endpoint.Readiness("not tracing yet: compiling and attaching BPF programs")
+    server = endpoint.serve(endpoint.Endpoint("127.0.0.1", 0), _registry(), readiness)
     yield f"http://127.0.0.1:{server.server_port}", readiness
     server.shutdown()
     server.server_close()
@@ -151,8 +143,8 @@ def test_unknown_path_is_404(waiting, path):
 
 
 def test_basic_auth_guards_metrics_but_not_the_probes():
-    readiness = http.Readiness("not tracing yet: x")
-    server = http.serve(http.Endpoint("127.0.0.1", 0, auth_user="prom", auth_password="s3cret"),
+    readiness = endpoint.Readiness("not tracing yet: x")
+    server = endpoint.serve(endpoint.Endpoint("127.0.0.1", 0, auth_user="prom", auth_password="s3cret"),
                         _registry(), readiness)
     base = f"http://127.0.0.1:{server.server_port}"
     good = {"Authorization": "Basic " + base64.b64encode(b"prom:s3cret").decode()}
@@ -181,14 +173,14 @@ def test_v4_and_v6_endpoints_in_one_process():
     require(socket.has_ipv6 and any(l.split()[-1] == "lo" for l in
                                     open("/proc/net/if_inet6").read().splitlines()),
             "needs IPv6 on loopback")
-    six = http.serve(http.Endpoint("::1", 0), _registry())
-    four = http.serve(http.Endpoint("127.0.0.1", 0), _registry())
+    six = endpoint.serve(endpoint.Endpoint("::1", 0), _registry())
+    four = endpoint.serve(endpoint.Endpoint("127.0.0.1", 0), _registry())
     try:
         assert six.socket.family == socket.AF_INET6 and four.socket.family == socket.AF_INET
         assert get(f"http://[::1]:{six.server_port}/metrics")[0] == 200
         assert get(f"http://127.0.0.1:{four.server_port}/metrics")[0] == 200
         # serve() set no class attribute that a later call would inherit
-        assert "address_family" not in vars(http._Server)
+        assert "address_family" not in vars(endpoint._Server)
     finally:
         for s in (six, four):
             s.shutdown()
@@ -201,8 +193,8 @@ def test_a_silent_tls_client_does_not_block_the_probes(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    readiness = http.Readiness("not tracing yet: x")
-    server = http.serve(http.Endpoint("127.0.0.1", 0, str(cert), str(key)), _registry(), readiness)
+    readiness = endpoint.Readiness("not tracing yet: x")
+    server = endpoint.serve(endpoint.Endpoint("127.0.0.1", 0, str(cert), str(key)), _registry(), readiness)
     silent = socket.create_connection(("127.0.0.1", server.server_port))  # never says hello
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
@@ -238,20 +230,9 @@ def test_exporter_is_not_ready_until_told():
 def test_replay_listen_is_ready_once_the_recording_is_loaded():
     port = free_port()
     rec = fixtures.HERE / "recordings" / "wire1-normal4.rec"
-    proc = subprocess.Popen(TOOL + ["replay", str(rec), "--listen", f"127.0.0.1:{port}"],
-                            stderr=subprocess.PIPE, text=True)
-    err: list[str] = []
-    serving = threading.Event()
-
-    def read():
-        for line in proc.stderr:
-            err.append(line)
-            if "serving http" in line:
-                serving.set()
-        serving.set()
-    threading.Thread(target=read, daemon=True).start()
+    proc = Background(TOOL + ["replay", str(rec), "--listen", f"127.0.0.1:{port}"], "serving http")
     try:
-        assert serving.wait(60) and proc.poll() is None, "".join(err)
+        proc.wait_started(60)
         base = f"http://127.0.0.1:{port}"
         assert get(base + "/-/ready")[:2] == (200, "tcptrace-bpf is ready.\n")
         status, body, _ = get(base + "/metrics")
@@ -260,5 +241,24 @@ def test_replay_listen_is_ready_once_the_recording_is_loaded():
             assert (f'tcptrace_handshakes_total{{family="4",outcome="established",path="{path}"}} 1.0'
                     in body), body
     finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
+        assert proc.stop(signal.SIGTERM) == 0
+
+
+def test_no_created_series_and_no_global_switch_at_import():
+    """The exposition has no *_created series, and importing the endpoint turns nothing off
+    for anyone else in the process (prometheus-client's own Counter keeps its _created)."""
+    probe = """
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from tcptrace_bpf.endpoint import Exporter, ServeOptions
+from tests.background import free_port
+exp = Exporter(ServeOptions(listen=f"127.0.0.1:{free_port()}"))
+exp.add_self_metrics("tracepoint", dict, int)
+ours = generate_latest(exp.registry).decode()
+exp.close()
+assert "_created" not in ours and "tcptrace_handshakes_total" in ours, ours
+reg = CollectorRegistry()
+Counter("other", "x", registry=reg)
+assert b"other_created" in generate_latest(reg)
+"""
+    out = subprocess.run([TOOL[0], "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -12,6 +12,7 @@ import pytest
 
 from tcptrace_bpf import recording, wire
 from tcptrace_bpf.replay import replay
+from tcptrace_bpf.sinks import Discard
 from tcptrace_bpf.tracker import Match, Tracker
 from tests import fixtures
 
@@ -32,6 +33,14 @@ def write(path: Path, raws, header=None, trailer=True) -> Path:
     return path
 
 
+class Collect(Discard):
+    """A sink that keeps what it is given."""
+
+    def __init__(self):
+        self.items = []
+        self.emit = self.items.append
+
+
 def run(*args):
     return subprocess.run(TOOL + list(args), capture_output=True, text=True, timeout=60)
 
@@ -49,14 +58,15 @@ def one_line_exit_3(out, *words):
 def test_replay_gives_what_the_tracker_gives_live(tmp_path, name):
     doc = fixtures.load(name)
     path = write(tmp_path / "r.rec", doc["raw"])
-    got = []
-    tracker, end = replay(str(path), Match(), got.append, lambda: None)
+    sink = Collect()
+    summary = replay(str(path), Match(), sink)
+    got = sink.items
     live = Tracker(1.7e9)
     want = [o for raw in doc["raw"] for o in live.feed_bytes(raw)]
     want += live.expire(max(wire.decode(r).ts_ns for r in doc["raw"]) + 60 * 10**9)
     assert [o.to_dict() for o in got] == [o.to_dict() for o in want]
     assert len(got) == len(doc["expect"])
-    assert end["lost"]["ringbuf_full"] == 2  # the recorder's kernel-side losses carry over
+    assert summary.lost["ringbuf_full"] == 2  # the recorder's kernel-side losses carry over
 
 
 def test_cli_replay_json_and_summary(tmp_path):

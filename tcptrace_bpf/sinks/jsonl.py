@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from ..model import OpenRecord
+from . import Lines
 
 _dumps = json.dumps
 _KIND: dict[tuple, str] = {}    # (path, outcome, family) -> '"path":...,"family":4,'
@@ -40,3 +41,8 @@ def render(item) -> str:
             f'"syn_retransmits":{r.syn_retransmits},"synack_retransmits":{r.synack_retransmits},'
             f'"pid":{_opt(r.pid)},"comm":{comm},"netns":{r.netns},"errno":{r.errno},'
             f'"cgroup":{_opt(r.cgroup)}}}')
+
+
+def sink(out=None) -> Lines:
+    """`--json`: one object per line."""
+    return Lines(render, out)

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from prometheus_client import disable_created_metrics
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
 
 from .. import wire
 from ..model import OpenRecord, Outcome
+from ..summary import LossReason, RunSummary
+from . import RunStart
 
-# *_created series would double the exposition and say only when the exporter started
-disable_created_metrics()
+# No *_created series (they would double the exposition and say only when the exporter
+# started): these families are built at each scrape without creation timestamps, so no
+# process-wide prometheus_client switch is needed.
 
-LOST_REASONS = tuple(dict.fromkeys((*wire.STAT_NAMES, "half_open_expired", "decode_error",
-                                    "unknown_transition", "request_evicted")))
+LOST_REASONS = tuple(r.value for r in LossReason)  # tcptrace_events_lost_total{reason}
 _PATH = {p: i for i, p in enumerate(wire.AGG_PATHS)}
 _OUTCOME = {o: i for i, o in enumerate(wire.AGG_OUTCOMES)}
 _FAMILY = {f: i for i, f in enumerate(wire.AGG_FAMILIES)}
@@ -42,6 +43,17 @@ class HandshakeMetrics:
         self.rtx = [0] * (len(wire.AGG_PATHS) + 1)
         self.duration = [0] * (len(wire.AGG_PATHS) * len(wire.AGG_FAMILIES) * (nb + 2))
 
+    # -- the sink protocol (sinks.Sink): observe() is emit()
+    def start(self, run: RunStart) -> None:
+        if run.aggregates:  # export mode: the kernel counts the opens
+            self.kernel = run.aggregates
+
+    def flush(self) -> None:
+        pass  # read at scrape time
+
+    def close(self, summary: RunSummary) -> None:
+        pass
+
     def observe(self, rec: OpenRecord) -> None:
         p, f = _PATH[rec.path.value], _FAMILY[rec.family]
         self.handshakes[wire.handshake_index(p, _OUTCOME[rec.outcome.value], f)] += 1
@@ -52,6 +64,8 @@ class HandshakeMetrics:
             i = next((i for i, b in enumerate(self.buckets) if rec.duration_s <= b), len(self.buckets))
             self.duration[base + i] += 1
             self.duration[base + len(self.buckets) + 1] += round(rec.duration_s * 1e9)
+
+    emit = observe
 
     def _totals(self) -> tuple[list[int], list[int], list[int]]:
         hs, rtx, dur = list(self.handshakes), list(self.rtx), list(self.duration)

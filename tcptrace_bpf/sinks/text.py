@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 from ..model import OpenRecord, ProbeEvent
+from ..summary import RunSummary
+from . import Lines
 
 
 def _endpoint(addr: str, port: int, family: int) -> str:
@@ -32,16 +34,29 @@ def render(item) -> str:
             f"{_duration(rec.duration_s)}{rtx}{who}")
 
 
-def summary(counts, lost: dict, backend: str, extra: dict) -> str:
+def sink(out=None) -> Lines:
+    """`trace` / `replay` without --json: one line per open or probe event."""
+    return Lines(render, out)
+
+
+def summary(run: RunSummary) -> str:
+    """The end-of-run summary on stderr (README "What you see")."""
+    backend = run.backend
+    if run.replayed_records is not None:
+        backend = (f"{backend} (replay of {run.replayed_records} records "
+                   f"from kernel {run.recorded_kernel})")
     lines = [f"tcptrace-bpf summary (backend {backend})"]
-    if counts:
-        for (path, outcome), n in sorted(counts.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value)):
+    if run.counts:
+        by_name = sorted(run.counts.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value))
+        for (path, outcome), n in by_name:
             lines.append(f"  {path.value:<12} {outcome.value:<11} {n}")
     else:
         lines.append("  no connection opens seen")
-    total_lost = sum(lost.values())
-    detail = ", ".join(f"{k}={v}" for k, v in sorted(lost.items()))
-    lines.append(f"  events lost: {total_lost}" + (f" ({detail})" if detail else ""))
-    for k, v in extra.items():
-        lines.append(f"  {k}: {v}")
+    detail = ", ".join(f"{k}={v}" for k, v in sorted(run.lost.items()))
+    lines.append(f"  events lost: {run.lost_total}" + (f" ({detail})" if detail else ""))
+    lines.append(f"  unresolved requests: {run.pending_requests}")
+    if run.tracked_at_exit is not None:
+        lines.append(f"  sockets mid-handshake at exit: {run.tracked_at_exit}")
+    if run.records_written is not None:
+        lines.append(f"  records written: {run.records_written}")
     return "\n".join(lines)

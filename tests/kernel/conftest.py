@@ -3,19 +3,15 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.background import ROOT, TOOL, Background  # noqa: F401 (ROOT, TOOL re-exported)
 from tests.conftest import require
 from tests.kernel.harness import delete_namespaces, run_scenario  # noqa: F401 (re-exported)
 
-ROOT = Path(__file__).resolve().parents[2]
-TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
 # Backend of the session tracer: tracepoint, the one the CI kernel allows; the VM run
 # (vm/guest-run.sh) sets kprobe, fentry or auto.
 ATTACH = os.environ.get("TCPTRACE_TEST_ATTACH", "tracepoint")
@@ -34,32 +30,17 @@ def kernel_ready() -> None:
         require(False, "needs bcc (python3-bpfcc)")
 
 
-class LiveTracer:
-    """`tcptrace-bpf trace --json` in the background; records collected as they print."""
+class LiveTracer(Background):
+    """`tcptrace-bpf trace --json` in the background, started; records collected as they print."""
 
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen(TOOL + ["trace", "--json", *args], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.records: list[dict] = []
-        self.stderr: list[str] = []
-        self.announce = ""
-        self._ready = threading.Event()
-        threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
-        if not self._ready.wait(START_TIMEOUT) or self.proc.poll() is not None:
-            self.proc.kill()
-            raise RuntimeError("tracer did not start:\n" + "".join(self.stderr))
+        super().__init__(TOOL + ["trace", "--json", *args], "tracing, Ctrl-C to stop")
+        self.wait_started(START_TIMEOUT)
+        self.announce = self.ready_line.split("tcptrace-bpf: ", 1)[-1].strip()
 
-    def _read_out(self):
-        for line in self.proc.stdout:
-            self.records.append(json.loads(line))
-
-    def _read_err(self):
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-            if "tracing, Ctrl-C to stop" in line:
-                self.announce = line.split("tcptrace-bpf: ", 1)[-1].strip()
-                self._ready.set()
+    def on_stdout(self, line: str) -> None:
+        self.records.append(json.loads(line))
 
     @property
     def backend(self) -> str:
@@ -83,16 +64,6 @@ class LiveTracer:
                 break
             time.sleep(0.05)
         return mine()
-
-    def stop(self, sig=2) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        time.sleep(0.1)
-        return rc, "".join(self.stderr)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,5 +1,6 @@
 """The trace command end to end: filters, --events, signals, summary, privileges."""
 
+import json
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import pytest
 from tests.conftest import require
 
 from .conftest import ROOT, TOOL, LiveTracer, kernel_ready
+from .harness import new_namespace, run_scenario
 
 REQUIRED_KEYS = {"ts", "path", "outcome", "family", "saddr", "sport", "daddr", "dport", "states",
                  "duration_s", "syn_retransmits", "synack_retransmits", "pid", "comm", "netns"}
@@ -37,7 +39,7 @@ def test_filters_events_and_clean_exit_on_signal(sig):
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and sum("path" in r for r in t.records) < 2:
         time.sleep(0.05)
-    rc, err = t.stop(sig)
+    rc, err = t.stop(sig), t.stderr
     assert rc == 0, err
     opens = [r for r in t.records if "path" in r]
     events = [r for r in t.records if "event" in r]
@@ -71,3 +73,31 @@ def test_not_root_is_one_line_exit_1():
     assert out.stderr.strip().splitlines() == [
         "tcptrace-bpf: error: missing CAP_BPF, CAP_PERFMON: run as root, or grant "
         "CAP_BPF + CAP_PERFMON (README: Privileges)"]
+
+
+def test_summary_json_reports_backend_trials_and_the_scenarios_opens(tmp_path):
+    """`trace --duration N --summary-json FILE` while a scenario runs in its own namespace
+    (--netns keeps the counts exact on a busy host)."""
+    kernel_ready()
+    ns = new_namespace()
+    out = tmp_path / "summary.json"
+    t = LiveTracer("--attach", "auto", "--netns", f"/run/netns/{ns}", "--duration", "8",
+                   "--summary-json", str(out))
+    run_scenario("normal4", ns)
+    assert t.proc.wait(timeout=60) == 0, t.stderr
+    doc = json.loads(out.read_text())
+    assert doc["backend"] == t.backend
+    tried = doc["backends_tried"]
+    assert list(tried)[-1] == doc["backend"] and tried[doc["backend"]] == "loaded"
+    assert list(tried) == ["fentry", "kprobe", "tracepoint"][:len(tried)]
+    assert all(why and why != "loaded" for b, why in tried.items() if b != doc["backend"])
+    for b, why in tried.items():  # the announce line says the same, from the same trials
+        assert f"{b}: {why}" in t.announce
+    assert doc["opens"]["active"]["established"] == 1
+    assert doc["opens"]["passive"]["established"] == 1
+    assert doc["opens_total"] == 2 and len(t.records) == 2
+    # losses are host-wide (other tests' traffic crosses the ring too): consistent, not zero
+    assert set(doc["lost"]) >= set(doc["kernel_lost"])
+    assert doc["lost_total"] == sum(doc["lost"].values())
+    assert doc["tracked_at_exit"] >= 0 and doc["records_written"] is None
+    assert "tcptrace-bpf summary (backend " in t.stderr  # the text summary as well

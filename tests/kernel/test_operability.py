@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -15,9 +14,10 @@ import pytest
 
 from tcptrace_bpf import loader, procfs
 from tcptrace_bpf.btf import BTF
+from tests.background import ROOT, TOOL, Background, free_port
 from tests.conftest import require
 
-from .conftest import ROOT, TOOL, kernel_ready
+from .conftest import START_TIMEOUT, kernel_ready
 from .harness import new_namespace, run_scenario
 
 SETPRIV_CAPS = ["setpriv", "--securebits=+noroot,+noroot_locked,+no_setuid_fixup,"
@@ -30,32 +30,15 @@ def setpriv(caps: str) -> list[str]:
                            f"--bounding-set=-all,{caps}", "--"]
 
 
-class Running:
+class Running(Background):
     """A tcptrace-bpf command in the background, started once its ready line is out."""
 
     def __init__(self, args: list[str], prefix: list[str] = ()):
-        self.proc = subprocess.Popen([*prefix, *TOOL, *args], cwd=ROOT, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        ready = threading.Event()
+        super().__init__([*prefix, *TOOL, *args], "Ctrl-C to stop")
+        self.wait_started(START_TIMEOUT)
 
-        def read(stream, into, watch):
-            for line in stream:
-                into.append(line)
-                if watch and "Ctrl-C to stop" in line:
-                    ready.set()
-            ready.set()  # ended before it was ready: stop waiting
-        threading.Thread(target=read, args=(self.proc.stdout, self.out, False), daemon=True).start()
-        threading.Thread(target=read, args=(self.proc.stderr, self.err, True), daemon=True).start()
-        ready.wait(120)
-        assert self.proc.poll() is None, "did not start:\n" + "".join(self.err)
-
-    def stop(self, sig=signal.SIGINT) -> int:
-        self.proc.send_signal(sig)
-        rc = self.proc.wait(60)
-        time.sleep(0.2)  # the reader threads finish
-        return rc
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0, wake=None) -> int:
+        return super().stop(sig, timeout, wake)
 
     def records(self) -> list[dict]:
         return [json.loads(line) for line in self.out]
@@ -152,16 +135,13 @@ def test_record_then_replay_and_serve(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert [json.loads(x)["outcome"] for x in only.stdout.splitlines()] == ["refused"]
 
-    server = subprocess.Popen(TOOL + ["replay", str(rec), "--listen", "127.0.0.1:19731"],
-                              stderr=subprocess.PIPE, text=True)
+    port = free_port()
+    server = Background(TOOL + ["replay", str(rec), "--listen", f"127.0.0.1:{port}"], "serving")
     try:
-        for line in server.stderr:
-            if "serving" in line:
-                break
-        body = urllib.request.urlopen("http://127.0.0.1:19731/metrics", timeout=10).read().decode()
+        server.wait_started(60)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     finally:
-        server.send_signal(signal.SIGINT)
-        assert server.wait(30) == 0
+        assert server.stop(signal.SIGINT) == 0
     assert 'tcptrace_handshakes_total{family="4",outcome="refused",path="active"}' in body
     line = next(x for x in body.splitlines()
                 if x.startswith('tcptrace_handshakes_total{family="4",outcome="refused"'))

@@ -3,9 +3,8 @@ expression of the dashboard and of the alert rules evaluated through Prometheus'
 
 import json
 import shutil
-import socket
+import signal
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -13,9 +12,10 @@ import urllib.request
 import pytest
 
 from tests import promql
+from tests.background import TOOL, Background, free_port
 from tests.conftest import require
 
-from .conftest import ROOT, TOOL, kernel_ready
+from .conftest import START_TIMEOUT, kernel_ready
 from .harness import run_scenario
 
 # every path, and each outcome the alerts watch, at rates above the alert thresholds;
@@ -24,44 +24,24 @@ SCENARIOS = ["normal4", "normal6", "self4", "crossed4", "refused_many", "syn_tim
              "syn_timeout", "unreachable", "abort_syn_sent", "held_in_syn_sent"]
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def http_get(url: str, timeout: float = 10) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read().decode()
 
 
-class Exporter:
+class Exporter(Background):
     """`tcptrace-bpf export` in the background, returned once it says it is serving (probes
-    attached); with wait=False at once (`serving` is set when that line comes)."""
+    attached); with wait=False at once (`started` is set when that line comes)."""
 
     def __init__(self, *args, wait: bool = True):
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            TOOL + ["export", "--attach", "tracepoint", "--listen", f"127.0.0.1:{self.port}", *args],
-            cwd=ROOT, stderr=subprocess.PIPE, text=True)
-        self.serving = threading.Event()
-        self.err: list[str] = []
+        super().__init__(TOOL + ["export", "--attach", "tracepoint",
+                                 "--listen", f"127.0.0.1:{self.port}", *args], "serving http")
+        if wait:
+            self.wait_started(START_TIMEOUT)
 
-        def read():
-            for line in self.proc.stderr:
-                self.err.append(line)
-                if "serving http" in line:
-                    self.serving.set()
-        threading.Thread(target=read, daemon=True).start()
-        if wait and not self.serving.wait(120):
-            self.proc.kill()
-            raise RuntimeError("exporter did not start:\n" + "".join(self.err))
-
-    def stop(self):
-        self.proc.terminate()
-        return self.proc.wait(30)
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0, wake=None) -> int:
+        return super().stop(sig, timeout, wake)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tcptrace_bpf.exporter import NOT_TRACING_YET
+from tcptrace_bpf.endpoint import NOT_TRACING_YET
 
 from .conftest import START_TIMEOUT, kernel_ready
 from .harness import run_scenario
@@ -51,7 +51,7 @@ def poll_until_ready(exp: Exporter) -> list[Poll]:
     end = time.monotonic() + START_TIMEOUT  # a bound on waiting, not an assertion
     while time.monotonic() < end:
         assert exp.proc.poll() is None, "exporter exited:\n" + "".join(exp.err)
-        announced = exp.serving.is_set()
+        announced = exp.started.is_set()
         try:
             ready = get(base + "/-/ready")
         except urllib.error.URLError:
