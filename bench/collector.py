@@ -133,10 +133,10 @@ def make_sink(kind: str):
 
 
 def feed_in_process(path: Path, sink: str, checkpoints: list[int]) -> dict:
-    """Feed the recording through Tracker + sink, as session.run() does for the live ring."""
-    from tcptrace_bpf.tracker import Tracker
+    """Feed the recording through Classifier + sink, as session.run() does for the live ring."""
+    from tcptrace_bpf.tracker import Classifier
     emit, flush = make_sink(sink)
-    tracker = Tracker(epoch_offset=0.0)
+    tracker = Classifier(epoch_offset=0.0)
     size = wire.RECORD_SIZE
     per_conn = 2
     pending = sorted(checkpoints)

@@ -22,7 +22,7 @@ def py_spy_categories(raw_path: Path, expected: float = 0) -> dict:
     rules = [("json render", ("jsonl.py", "json/", "to_dict")),
              ("prometheus_client", ("prometheus_client",)),
              ("decode (wire.py, ipaddress)", ("wire.py", "ipaddress.py")),
-             ("tracker (classify, OpenRecord)", ("tracker.py", "model.py")),
+             ("tracker (classify, OpenAttempt)", ("tracker.py", "model.py")),
              ("write to stdout", ("cli.py",)),
              ("tcpstates event handler (format, print)", ("tcpstates",)),
              ("ring poll / bcc callback", ("loader.py", "bcc/")),

@@ -107,7 +107,7 @@ def _ring_buffer(r: Report, bcc) -> None:
 def _backends(r: Report) -> None:
     for backend in loader.AUTO_ORDER:
         try:
-            with loader.Tracer.start(backend.value):
+            with loader.BpfPrograms.start(backend.value):
                 pass
             r.backends.append(backend.value)
             r.add(f"backend {backend.value}", "ok", "loads and attaches")

@@ -235,7 +235,7 @@ class Exporter:
         self.readiness.set_ready()
 
     def count_in_kernel(self, aggregates: Callable[[], dict]) -> None:
-        """Export mode: add the kernel's counters (loader.Tracer.aggregates) at each scrape."""
+        """Export mode: add the kernel's counters (loader.BpfPrograms.aggregates) at each scrape."""
         self.metrics.kernel = aggregates
 
     def add_self_metrics(self, backend: str, lost: Callable[[], dict],

@@ -215,7 +215,7 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class Tracer:
+class BpfPrograms:
     """A loaded and attached set of programs. Use as a context manager."""
 
     def __init__(self, bpf, caps: Capabilities, ring_size: int):
@@ -224,7 +224,7 @@ class Tracer:
         self.half_open_expired = 0  # table entries dropped by expire_half_open()
 
     @classmethod
-    def start(cls, attach: str = "auto", settings: Settings = Settings()) -> "Tracer":
+    def start(cls, attach: str = "auto", settings: Settings = Settings()) -> "BpfPrograms":
         bcc = import_bcc()
         headers = kernel_headers()
         offsets, offsets_from = offset_cflags()
@@ -348,7 +348,7 @@ class Tracer:
             self.bpf.cleanup()
             self.bpf = None
 
-    def __enter__(self) -> "Tracer":
+    def __enter__(self) -> "BpfPrograms":
         return self
 
     def __exit__(self, *exc) -> None:

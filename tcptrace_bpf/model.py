@@ -1,4 +1,4 @@
-"""The vocabulary: TCP states, open paths, outcomes, and the OpenRecord the tracker emits."""
+"""The vocabulary: TCP states, open paths, outcomes, and the OpenAttempt the tracker emits."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class Outcome(str, Enum):
 
 
 @dataclass(slots=True)
-class OpenRecord:
+class OpenAttempt:
     """One resolved connection-open attempt, as every sink sees it. Sinks must not modify
     it (not frozen: frozen dataclasses cost microseconds to build, once per connection)."""
     ts: float                # epoch seconds when it resolved

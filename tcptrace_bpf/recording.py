@@ -65,7 +65,7 @@ class Writer:
         self.records = 0
         f.write(MAGIC + header.to_json())
 
-    def record(self, raw: bytes) -> None:
+    def write(self, raw: bytes) -> None:
         self.f.write(FRAME.pack(FRAME_RECORD, len(raw)) + raw)
         self.records += 1
 
@@ -91,7 +91,7 @@ class Recorder:
         self.writer = Writer(self.f, Header(
             kernel=self.kernel, backend=run.backend, epoch_offset=run.epoch_offset,
             events=self.events, tool_version=self.tool_version))
-        self.emit = self.writer.record  # the hot path: one call per record
+        self.emit = self.writer.write  # the hot path: one call per record
 
     def emit(self, raw: bytes) -> None:  # replaced by the writer's own at start()
         raise RuntimeError("Recorder.emit before start")

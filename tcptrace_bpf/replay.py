@@ -8,7 +8,7 @@ from .recording import RecordingError
 from .session import POLL_MS
 from .sinks import RunStart, Sink
 from .summary import KERNEL_REASONS, RunSummary, add_lost
-from .tracker import Match, Tracker
+from .tracker import Match, Classifier
 
 _EXPIRE_EVERY_NS = POLL_MS * 1_000_000  # as often as a live session would
 _FLUSH_EVERY = 4096  # records: sinks batch their output, memory stays bounded
@@ -20,7 +20,7 @@ def replay(path: str, match: Match, sink: Sink) -> RunSummary:
     f, reader = recording.open_reader(path)
     with f:
         head = reader.header
-        tracker = Tracker(head.epoch_offset, match)
+        tracker = Classifier(head.epoch_offset, match)
 
         def lost() -> dict[str, int]:
             # the recording keeps the kernel's losses; Python's are made again by this tracker

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import privileges, procfs
-from .loader import LoaderError, Settings, Tracer
+from .loader import LoaderError, Settings, BpfPrograms
 from .sinks import RunStart, Sink
 from .summary import RunSummary, add_lost
-from .tracker import Match, Tracker
+from .tracker import Match, Classifier
 
 POLL_MS = 200  # also the resolution of request-socket expiry
 
@@ -67,7 +67,7 @@ def epoch_offset() -> float:
     return time.time() - time.monotonic()
 
 
-def lost_events(tracer: Tracer, tracker: Tracker) -> dict[str, int]:
+def lost_events(tracer: BpfPrograms, tracker: Classifier) -> dict[str, int]:
     """Everything not turned into output, kernel side and Python side, by reason."""
     return add_lost(tracer.kernel_lost(), tracker.lost)
 
@@ -79,8 +79,8 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
     missing = privileges.missing()
     if missing:
         raise LoaderError(missing)
-    with Signals() as signals, Tracer.start(opts.attach, opts.settings) as tracer:
-        tracker = Tracker(epoch_offset(), opts.match)
+    with Signals() as signals, BpfPrograms.start(opts.attach, opts.settings) as tracer:
+        tracker = Classifier(epoch_offset(), opts.match)
         feed = tracker.feed_bytes
 
         def classify(buf: bytes) -> None:

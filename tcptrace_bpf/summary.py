@@ -20,7 +20,7 @@ class LossReason(str, Enum):
     TABLE_FULL = "table_full"
     STALE_ENTRY = "stale_entry"
     UNKNOWN_TRANSITION = "unknown_transition"   # also the tracker's, for a record it cannot name
-    # kernel table entries the session's sweep dropped (loader.Tracer.expire_half_open)
+    # kernel table entries the session's sweep dropped (loader.BpfPrograms.expire_half_open)
     HALF_OPEN_EXPIRED = "half_open_expired"
     # collector side (tracker.py)
     DECODE_ERROR = "decode_error"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 from . import tcp_timers, wire
-from .model import OpenPath, OpenRecord, Outcome, ProbeEvent, TcpState
+from .model import OpenPath, OpenAttempt, Outcome, ProbeEvent, TcpState
 from .summary import LossReason
 
 S = TcpState
@@ -31,25 +31,25 @@ class Match:
     netns: Optional[int] = None
     cgroup: Optional[int] = None
 
-    def __call__(self, rec: Union[OpenRecord, ProbeEvent]) -> bool:
-        if self.port is not None and self.port not in (rec.sport, rec.dport):
+    def __call__(self, item: Union[OpenAttempt, ProbeEvent]) -> bool:
+        if self.port is not None and self.port not in (item.sport, item.dport):
             return False
-        if self.family is not None and rec.family != self.family:
+        if self.family is not None and item.family != self.family:
             return False
-        if self.netns is not None and rec.netns != self.netns:
+        if self.netns is not None and item.netns != self.netns:
             return False
         if self.pid is None and self.cgroup is None:
             return True
-        if isinstance(rec, ProbeEvent):
+        if isinstance(item, ProbeEvent):
             return False
-        return ((self.pid is None or rec.pid == self.pid)
-                and (self.cgroup is None or rec.cgroup == self.cgroup))
+        return ((self.pid is None or item.pid == self.pid)
+                and (self.cgroup is None or item.cgroup == self.cgroup))
 
 
 @dataclass
 class _PendingRequest:
-    first: wire.Record
-    last: wire.Record
+    first: wire.WireRecord
+    last: wire.WireRecord
 
     def deadline_ns(self) -> int:
         """When the kernel drops the request: after `budget` timer-driven re-sends."""
@@ -58,11 +58,11 @@ class _PendingRequest:
         return start + int((life + _EXPIRY_SLACK_S) * 1e9)
 
 
-Output = Union[OpenRecord, ProbeEvent]
+Output = Union[OpenAttempt, ProbeEvent]
 _STATE_NAMES: dict[tuple, tuple] = {}
 
 
-class Tracker:
+class Classifier:
     def __init__(self, epoch_offset: float, match: Match = Match(), max_pending: int = 65536):
         self.epoch_offset = epoch_offset  # epoch seconds = monotonic seconds + offset
         self.match = match
@@ -74,30 +74,30 @@ class Tracker:
     # -- input -------------------------------------------------------------------------
     def feed_bytes(self, buf: bytes) -> list[Output]:
         try:
-            rec = wire.decode(buf)
+            wrec = wire.decode(buf)
         except wire.DecodeError:
             self.lost[LossReason.DECODE_ERROR.value] += 1
             return []
-        return self.feed(rec)
+        return self.feed(wrec)
 
-    def feed(self, rec: wire.Record) -> list[Output]:
-        if rec.kind == wire.KIND_OPEN:
-            out = self._open(rec)
+    def feed(self, wrec: wire.WireRecord) -> list[Output]:
+        if wrec.kind == wire.KIND_OPEN:
+            out = self._open(wrec)
             return [out] if out else []
-        if rec.kind == wire.KIND_REQ_SYNACK_RTX:
-            self._request_resent(rec)
+        if wrec.kind == wire.KIND_REQ_SYNACK_RTX:
+            self._request_resent(wrec)
             return []
-        event = self._event(rec)
+        event = self._event(wrec)
         return [event] if self.match(event) else []
 
-    def expire(self, now_ns: int) -> list[OpenRecord]:
+    def expire(self, now_ns: int) -> list[OpenAttempt]:
         """Report requests whose SYN-ACK budget ran out by `now_ns` (monotonic)."""
         out = []
         for key in [k for k, p in self._pending.items() if p.deadline_ns() <= now_ns]:
             p = self._pending.pop(key)
-            rec = self._keep(self._request_timeout(p))
-            if rec:
-                out.append(rec)
+            attempt = self._keep(self._request_timeout(p))
+            if attempt:
+                out.append(attempt)
         return out
 
     @property
@@ -105,24 +105,24 @@ class Tracker:
         return len(self._pending)
 
     # -- classification ----------------------------------------------------------------
-    def _open(self, rec: wire.Record) -> Optional[OpenRecord]:
-        path = self._path(rec)
+    def _open(self, wrec: wire.WireRecord) -> Optional[OpenAttempt]:
+        path = self._path(wrec)
         if path is None:
             self.lost[LossReason.UNKNOWN_TRANSITION.value] += 1
             return None
         if path is OpenPath.PASSIVE and self._pending:
-            self._pending.pop(_tuple_key(rec), None)  # its request, if it was re-sending
-        outcome = self._outcome(rec)
-        if path is OpenPath.PASSIVE and outcome is Outcome.ESTABLISHED and rec.passive_us:
-            duration = rec.passive_us / 1e6
+            self._pending.pop(_tuple_key(wrec), None)  # its request, if it was re-sending
+        outcome = self._outcome(wrec)
+        if path is OpenPath.PASSIVE and outcome is Outcome.ESTABLISHED and wrec.passive_us:
+            duration = wrec.passive_us / 1e6
         else:
-            duration = (rec.ts_ns - rec.start_ns) / 1e9 if rec.start_ns else None
-        return self._keep(self._record(rec, path, outcome, duration,
-                                       rec.syn_retrans, rec.synack_retrans))
+            duration = (wrec.ts_ns - wrec.start_ns) / 1e9 if wrec.start_ns else None
+        return self._keep(self._attempt(wrec, path, outcome, duration,
+                                        wrec.syn_retrans, wrec.synack_retrans))
 
     @staticmethod
-    def _path(rec: wire.Record) -> Optional[OpenPath]:
-        st = rec.states
+    def _path(wrec: wire.WireRecord) -> Optional[OpenPath]:
+        st = wrec.states
         if len(st) < 2:
             return None
         if st[0] == S.LISTEN and st[1] == S.SYN_RECV:
@@ -130,19 +130,19 @@ class Tracker:
         if st[0] != S.CLOSE or st[1] != S.SYN_SENT:
             return None
         if len(st) > 2 and st[2] == S.SYN_RECV:  # only crossed SYNs lead SYN_SENT > SYN_RECV
-            if rec.saddr == rec.daddr and rec.sport == rec.dport:
+            if wrec.saddr == wrec.daddr and wrec.sport == wrec.dport:
                 return OpenPath.SELF
             return OpenPath.SIMULTANEOUS
         return OpenPath.ACTIVE
 
     @staticmethod
-    def _outcome(rec: wire.Record) -> Outcome:
-        last = rec.states[-1]
+    def _outcome(wrec: wire.WireRecord) -> Outcome:
+        last = wrec.states[-1]
         if last == S.ESTABLISHED:
             return Outcome.ESTABLISHED
         if last != S.CLOSE:
             return Outcome.ABORTED  # e.g. SYN_RECV > FIN_WAIT1: closed mid-handshake
-        err, rst = rec.sk_err, bool(rec.flags & wire.F_RST_IN)
+        err, rst = wrec.sk_err, bool(wrec.flags & wire.F_RST_IN)
         if err == errno.ECONNREFUSED:
             # an RST in SYN_SENT; without one, an ICMP port unreachable said it
             return Outcome.REFUSED if rst else Outcome.UNREACHABLE
@@ -152,57 +152,58 @@ class Tracker:
             return Outcome.UNREACHABLE  # EHOSTUNREACH, ENETUNREACH, ... (icmp_err_convert)
         return Outcome.RESET if rst else Outcome.ABORTED
 
-    def _record(self, rec, path, outcome, duration, syn_rtx, synack_rtx) -> OpenRecord:
-        names = _STATE_NAMES.get(rec.states)
+    def _attempt(self, wrec, path, outcome, duration, syn_rtx, synack_rtx) -> OpenAttempt:
+        names = _STATE_NAMES.get(wrec.states)
         if names is None:  # a handful of sequences recur: name each once
-            names = tuple(S.name_of(s) for s in rec.states)
+            names = tuple(S.name_of(s) for s in wrec.states)
             if len(_STATE_NAMES) < 4096:
-                _STATE_NAMES[rec.states] = names
-        return OpenRecord(
-            ts=rec.ts_ns / 1e9 + self.epoch_offset, path=path, outcome=outcome,
-            family=rec.family, saddr=rec.saddr, sport=rec.sport, daddr=rec.daddr,
-            dport=rec.dport, states=names,
+                _STATE_NAMES[wrec.states] = names
+        return OpenAttempt(
+            ts=wrec.ts_ns / 1e9 + self.epoch_offset, path=path, outcome=outcome,
+            family=wrec.family, saddr=wrec.saddr, sport=wrec.sport, daddr=wrec.daddr,
+            dport=wrec.dport, states=names,
             duration_s=duration, syn_retransmits=syn_rtx, synack_retransmits=synack_rtx,
-            pid=rec.pid or None, comm=rec.comm or None, netns=rec.netns, errno=rec.sk_err,
-            cgroup=rec.cgroup_id or None)
+            pid=wrec.pid or None, comm=wrec.comm or None, netns=wrec.netns,
+            errno=wrec.sk_err, cgroup=wrec.cgroup_id or None)
 
-    def _keep(self, rec: OpenRecord) -> Optional[OpenRecord]:
-        if not self.match(rec):
+    def _keep(self, attempt: OpenAttempt) -> Optional[OpenAttempt]:
+        if not self.match(attempt):
             return None
-        self.counts[(rec.path, rec.outcome)] += 1
-        return rec
+        self.counts[(attempt.path, attempt.outcome)] += 1
+        return attempt
 
     # -- listener request sockets ------------------------------------------------------
-    def _request_resent(self, rec: wire.Record) -> None:
-        key = _tuple_key(rec)
+    def _request_resent(self, wrec: wire.WireRecord) -> None:
+        key = _tuple_key(wrec)
         p = self._pending.get(key)
         if p is None:
             if len(self._pending) >= self.max_pending:
                 self._pending.popitem(last=False)
                 self.lost[LossReason.REQUEST_EVICTED.value] += 1
-            self._pending[key] = _PendingRequest(rec, rec)
+            self._pending[key] = _PendingRequest(wrec, wrec)
         else:
-            p.last = rec
+            p.last = wrec
 
-    def _request_timeout(self, p: _PendingRequest) -> OpenRecord:
+    def _request_timeout(self, p: _PendingRequest) -> OpenAttempt:
         # The request never became a socket: it went NEW_SYN_RECV until the kernel gave up.
         last = p.last
         ts_ns = p.deadline_ns() - int(_EXPIRY_SLACK_S * 1e9)
         start = p.first.start_ns
-        rec = replace(last, ts_ns=ts_ns, states=(S.LISTEN, S.NEW_SYN_RECV, S.CLOSE))
-        return self._record(rec, OpenPath.PASSIVE, Outcome.TIMEOUT,
+        wrec = replace(last, ts_ns=ts_ns, states=(S.LISTEN, S.NEW_SYN_RECV, S.CLOSE))
+        return self._attempt(wrec, OpenPath.PASSIVE, Outcome.TIMEOUT,
                             (ts_ns - start) / 1e9 if start else None, 0, last.synack_retrans)
 
     # -- raw probe events (--events) ---------------------------------------------------
-    def _event(self, rec: wire.Record) -> ProbeEvent:
+    def _event(self, wrec: wire.WireRecord) -> ProbeEvent:
         return ProbeEvent(
-            ts=rec.ts_ns / 1e9 + self.epoch_offset, probe=wire.PROBE_NAMES.get(rec.probe, str(rec.probe)),
-            skaddr=rec.skaddr, family=rec.family, saddr=rec.saddr, sport=rec.sport,
-            daddr=rec.daddr, dport=rec.dport,
-            old_state=S.name_of(rec.states[0]) if rec.states else None,
-            new_state=S.name_of(rec.states[1]) if len(rec.states) > 1 else None,
-            netns=rec.netns)
+            ts=wrec.ts_ns / 1e9 + self.epoch_offset,
+            probe=wire.PROBE_NAMES.get(wrec.probe, str(wrec.probe)),
+            skaddr=wrec.skaddr, family=wrec.family, saddr=wrec.saddr, sport=wrec.sport,
+            daddr=wrec.daddr, dport=wrec.dport,
+            old_state=S.name_of(wrec.states[0]) if wrec.states else None,
+            new_state=S.name_of(wrec.states[1]) if len(wrec.states) > 1 else None,
+            netns=wrec.netns)
 
 
-def _tuple_key(rec: wire.Record) -> tuple:
-    return (rec.netns, rec.family, rec.saddr, rec.sport, rec.daddr, rec.dport)
+def _tuple_key(wrec: wire.WireRecord) -> tuple:
+    return (wrec.netns, wrec.family, wrec.saddr, wrec.sport, wrec.daddr, wrec.dport)

@@ -69,7 +69,7 @@ class DecodeError(ValueError):
 
 
 @dataclass(slots=True)
-class Record:
+class WireRecord:
     """One decoded ring-buffer record; fields as in struct tcptrace_record. Treat as
     immutable (not frozen only because frozen dataclasses are slow to build, and decode runs
     once per connection)."""
@@ -116,7 +116,7 @@ def _addr(raw: bytes, v4: bool) -> str:
 _KINDS = (KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT)
 
 
-def decode(buf: bytes, version: int = WIRE_VERSION) -> Record:
+def decode(buf: bytes, version: int = WIRE_VERSION) -> WireRecord:
     if version == WIRE_VERSION:
         layout = RECORD
         if len(buf) < RECORD_SIZE:
@@ -141,7 +141,7 @@ def decode(buf: bytes, version: int = WIRE_VERSION) -> Record:
     if nstates > MAX_STATES:
         raise DecodeError(f"{nstates} states, at most {MAX_STATES}")
     v4 = family == AF_INET
-    return Record(
+    return WireRecord(
         kind, ts_ns, start_ns, skaddr, cgroup_id, 4 if v4 else 6,
         _addr(saddr, v4), sport, _addr(daddr, v4), dport, netns, pid,
         comm.split(b"\0", 1)[0].decode(errors="replace"),

@@ -13,7 +13,7 @@ import pytest
 from tcptrace_bpf import recording, wire
 from tcptrace_bpf.replay import replay
 from tcptrace_bpf.sinks import Discard
-from tcptrace_bpf.tracker import Match, Tracker
+from tcptrace_bpf.tracker import Match, Classifier
 from tests import fixtures
 
 TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
@@ -26,7 +26,7 @@ def write(path: Path, raws, header=None, trailer=True) -> Path:
     with open(path, "wb") as f:
         w = recording.Writer(f, header)
         for raw in raws:
-            w.record(raw)
+            w.write(raw)
         if trailer:
             last = max(wire.decode(r).ts_ns for r in raws)
             w.close(recording.Trailer(ended_ns=last + 60 * 10**9, lost={"ringbuf_full": 2}))
@@ -61,7 +61,7 @@ def test_replay_gives_what_the_tracker_gives_live(tmp_path, name):
     sink = Collect()
     summary = replay(str(path), Match(), sink)
     got = sink.items
-    live = Tracker(1.7e9)
+    live = Classifier(1.7e9)
     want = [o for raw in doc["raw"] for o in live.feed_bytes(raw)]
     want += live.expire(max(wire.decode(r).ts_ns for r in doc["raw"]) + 60 * 10**9)
     assert [o.to_dict() for o in got] == [o.to_dict() for o in want]

@@ -1,4 +1,4 @@
-"""Tracker tests: event streams recorded from the real kernel (tests/fixtures) must be
+"""Classifier tests: event streams recorded from the real kernel (tests/fixtures) must be
 classified as the scenario's own sockets said (errno, getsockname, nft counters)."""
 
 import dataclasses
@@ -7,7 +7,7 @@ import pytest
 
 from tcptrace_bpf import wire
 from tcptrace_bpf.model import OpenPath, Outcome
-from tcptrace_bpf.tracker import Match, Tracker
+from tcptrace_bpf.tracker import Match, Classifier
 from tests import fixtures
 
 OPEN_SCENARIOS = [n for n in fixtures.names() if n != "synack_loss"]
@@ -15,7 +15,7 @@ OPEN_SCENARIOS = [n for n in fixtures.names() if n != "synack_loss"]
 
 def replay(name: str, match: Match = Match()):
     doc = fixtures.load(name)
-    tracker = Tracker(epoch_offset=0.0, match=match)
+    tracker = Classifier(epoch_offset=0.0, match=match)
     out = []
     for raw in doc["raw"]:
         out += tracker.feed_bytes(raw)
@@ -53,7 +53,7 @@ def test_durations_come_from_kernel_timestamps():
 
 def test_expired_request_is_reported_only_after_its_synack_budget():
     doc = fixtures.load("synack_loss")
-    tracker = Tracker(0.0)
+    tracker = Classifier(0.0)
     for raw in doc["raw"]:
         tracker.feed_bytes(raw)
     reqs = [wire.decode(r) for r in doc["raw"] if wire.decode(r).kind == wire.KIND_REQ_SYNACK_RTX]
@@ -78,7 +78,7 @@ def test_filters_count_only_what_they_keep():
 
 def test_decode_errors_are_counted_not_fatal():
     raw = fixtures.load("refused")["raw"][0]
-    tracker = Tracker(0.0)
+    tracker = Classifier(0.0)
     assert tracker.feed_bytes(raw[:20]) == []
     assert tracker.lost["decode_error"] == 1
     assert len(tracker.feed_bytes(raw)) == 1
@@ -87,7 +87,7 @@ def test_decode_errors_are_counted_not_fatal():
 def test_unknown_state_sequence_is_counted():
     # a recorded record whose states were altered to a sequence no open path produces
     rec = wire.decode(fixtures.load("refused")["raw"][0])
-    tracker = Tracker(0.0)
+    tracker = Classifier(0.0)
     assert tracker.feed(dataclasses.replace(rec, states=(1, 7))) == []
     assert tracker.lost["unknown_transition"] == 1
 
@@ -95,7 +95,7 @@ def test_unknown_state_sequence_is_counted():
 def test_ts_is_epoch_seconds():
     doc = fixtures.load("refused")
     rec = wire.decode(doc["raw"][0])
-    (out,) = Tracker(epoch_offset=1_700_000_000.0).feed(rec)
+    (out,) = Classifier(epoch_offset=1_700_000_000.0).feed(rec)
     assert out.ts == pytest.approx(1_700_000_000.0 + rec.ts_ns / 1e9)
 
 
@@ -104,7 +104,7 @@ def test_process_and_namespace_filters_on_recorded_opens():
     exp = doc["expect"][0]
 
     def shown(**match):
-        t = Tracker(0.0, Match(**match))
+        t = Classifier(0.0, Match(**match))
         return [o for raw in doc["raw"] for o in t.feed_bytes(raw)]
 
     assert len(shown(pid=exp["pid"])) == 2  # connect() caller and listener owner: one process

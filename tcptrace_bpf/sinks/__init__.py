@@ -19,7 +19,7 @@ class RunStart:
     epoch_offset: float                       # epoch seconds = monotonic seconds + this
     lost: Callable[[], dict[str, int]]        # losses so far, by reason (kernel + collector)
     tracked: Callable[[], int]                # handshakes in flight in the kernel table
-    # export mode: the kernel's own open counters (loader.Tracer.aggregates), else None
+    # export mode: the kernel's own open counters (loader.BpfPrograms.aggregates), else None
     aggregates: Optional[Callable[[], dict[str, list[int]]]] = None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ..model import OpenRecord
+from ..model import OpenAttempt
 from . import Lines
 
 _dumps = json.dumps
@@ -22,7 +22,7 @@ def _opt(v) -> str:
 
 
 def render(item) -> str:
-    if type(item) is not OpenRecord:
+    if type(item) is not OpenAttempt:
         return _dumps(item.to_dict(), separators=(",", ":"))
     r = item
     kind = _KIND.get((r.path, r.outcome, r.family))

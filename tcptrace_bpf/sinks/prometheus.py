@@ -3,7 +3,7 @@ outcome, family, reason.
 
 HandshakeMetrics counts opens from two sources added together: OpenRecords observed in
 Python (trace-style records: replay, and request sockets the tracker expires) and, in export
-mode, the kernel's own per-CPU counters (loader.Tracer.aggregates()), so that live export
+mode, the kernel's own per-CPU counters (loader.BpfPrograms.aggregates()), so that live export
 does no Python work per connection. Both use the kernel's index layout (wire.AGG_*)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.utils import floatToGoString
 
 from .. import wire
-from ..model import OpenRecord, Outcome
+from ..model import OpenAttempt, Outcome
 from ..summary import LossReason, RunSummary
 from . import RunStart
 
@@ -54,7 +54,7 @@ class HandshakeMetrics:
     def close(self, summary: RunSummary) -> None:
         pass
 
-    def observe(self, rec: OpenRecord) -> None:
+    def observe(self, rec: OpenAttempt) -> None:
         p, f = _PATH[rec.path.value], _FAMILY[rec.family]
         self.handshakes[wire.handshake_index(p, _OUTCOME[rec.outcome.value], f)] += 1
         self.rtx[p] += rec.syn_retransmits

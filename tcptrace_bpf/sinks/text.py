@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..model import OpenRecord, ProbeEvent
+from ..model import OpenAttempt, ProbeEvent
 from ..summary import RunSummary
 from . import Lines
 
@@ -25,7 +25,7 @@ def render(item) -> str:
     peer = _endpoint(item.daddr, item.dport, item.family)
     if isinstance(item, ProbeEvent):
         return f"{clock} event {item.probe} {item.old_state}>{item.new_state} {local} {peer}"
-    rec: OpenRecord = item
+    rec: OpenAttempt = item
     who = f" {rec.comm}[{rec.pid}]" if rec.pid else ""
     rtx = ""
     if rec.syn_retransmits or rec.synack_retransmits:

@@ -14,7 +14,7 @@ from .conftest import ROOT, TOOL, kernel_ready
 @pytest.fixture(scope="module")
 def tracepoint_tracer():
     kernel_ready()
-    with loader.Tracer.start("tracepoint") as t:
+    with loader.BpfPrograms.start("tracepoint") as t:
         yield t
 
 
@@ -67,7 +67,7 @@ def test_fentry_programs_compile():
 
 def test_auto_chooses_by_trial_load_and_says_why():
     kernel_ready()
-    with loader.Tracer.start("auto") as t:
+    with loader.BpfPrograms.start("auto") as t:
         caps = t.caps
     assert caps.backend is loader.Backend.TRACEPOINT
     text = caps.describe()

@@ -6,7 +6,7 @@ import time
 from tcptrace_bpf import loader
 from tcptrace_bpf.buckets import buckets_from_sysctls
 from tcptrace_bpf.sinks.prometheus import HandshakeMetrics
-from tcptrace_bpf.tracker import Tracker
+from tcptrace_bpf.tracker import Classifier
 
 from .conftest import kernel_ready
 from .harness import run_scenario
@@ -18,10 +18,10 @@ SCENARIOS = ["normal4", "normal6", "self4", "self6", "crossed4", "refused", "unr
 def test_kernel_counts_equal_tracker_counts():
     kernel_ready()
     buckets = buckets_from_sysctls()
-    with loader.Tracer.start("tracepoint") as records, \
-            loader.Tracer.start("tracepoint", loader.Settings(aggregate_buckets=tuple(buckets))) as agg:
+    with loader.BpfPrograms.start("tracepoint") as records, \
+            loader.BpfPrograms.start("tracepoint", loader.Settings(aggregate_buckets=tuple(buckets))) as agg:
         before = agg.aggregates()
-        tracker, python = Tracker(0.0), HandshakeMetrics(buckets)
+        tracker, python = Classifier(0.0), HandshakeMetrics(buckets)
         records.open_ring(lambda raw: [python.observe(o) for o in tracker.feed_bytes(raw)])
         expected = sum(len(run_scenario(name)["expect"]) for name in SCENARIOS)
         end = time.monotonic() + 3

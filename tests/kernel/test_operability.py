@@ -85,7 +85,7 @@ def test_check_trial_loads_and_compares_offsets():
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["ok"] is True
-    with loader.Tracer.start("auto") as t:  # the same trial loads auto makes
+    with loader.BpfPrograms.start("auto") as t:  # the same trial loads auto makes
         assert report["backends"][0] == t.caps.backend.value
     status = {c["name"]: c for c in report["checks"]}
     assert status["privileges"]["status"] == "ok" and status["ring buffer"]["status"] == "ok"
