@@ -36,9 +36,37 @@
 #define TT_SYN 0x02
 #define TT_ACK 0x10
 
+/* Two deliveries of every state change (tracepoint backend). The kernel skips a BPF program
+ * whose previous run on this CPU has not returned: a softirq that interrupts the raw
+ * tracepoint program while it runs in process context (connect(), close(), listen() of any
+ * socket on the host) changes TCP states that this program then never sees (the kernel counts
+ * them as the program's recursion_misses). The crossed-SYN flake of issue 10 was that: both
+ * sockets' SYN_SENT > SYN_RECV > ESTABLISHED ran in a timer softirq nested in the program.
+ * So the same handler also runs from the perf-event tracepoint sock:inet_sock_set_state,
+ * which the kernel skips only while another kprobe or perf-event tracepoint program runs on
+ * the CPU (bpf_prog_active), never because of the raw tracepoint program: every state change
+ * reaches on_state() once or twice. Both deliveries of one tracepoint call come one after the
+ * other, with no other state change of that socket in between (the caller holds the socket
+ * lock), in either order; the socket's own entry tells the second from a new transition:
+ *   TT_F_DUP_PENDING  the entry's last transition came from one delivery; the other one may
+ *                     follow, and is dropped
+ *   TT_F_RESOLVED     the open was already submitted: the entry stays only until that other
+ *                     delivery (or any later change, or destroy) deletes it
+ * Internal to this file: cleared before a record reaches the ring buffer. */
+#ifdef BACKEND_TRACEPOINT
+#define TT_DUAL 1
+#else
+#define TT_DUAL 0
+#endif
+#define TT_F_RESOLVED    0x40
+#define TT_F_DUP_PENDING 0x80
+#define TT_F_INTERNAL    (TT_F_RESOLVED | TT_F_DUP_PENDING)
+
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* key: socket address. A reused address always starts with an open transition, which
- * replaces (and counts) any stale entry, and tcp_destroy_sock deletes it. */
+ * replaces (and counts) any stale entry, and tcp_destroy_sock deletes it. With two
+ * deliveries (TT_DUAL) a resolved open's entry stays as a TT_F_RESOLVED tombstone until the
+ * second delivery of its last change, which comes right after the first. */
 BPF_HASH(opens, u64, struct tcptrace_record, MAX_SOCKETS);
 BPF_PERCPU_ARRAY(stats, u64, TT_STAT_MAX);
 /* listening sockets' owners, for passive opens (see struct tcptrace_owner) */
@@ -340,7 +368,8 @@ static __always_inline void on_listen(void *sk, bool start)
 	listeners.update(&k, &o);
 }
 
-/* A new open begins on this socket: fresh state, replacing any stale entry. */
+/* A new open begins on this socket: fresh state, replacing any stale entry (or a
+ * tombstone, see TT_DUAL). */
 static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old, u64 now)
 {
 	struct tcptrace_record r = {};
@@ -353,17 +382,21 @@ static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old,
 		r.flags |= TT_F_NO_START;
 	mode_begin(&r, sk, old);
 	if (opens.insert(&key, &r)) { /* BPF_NOEXIST: one map operation on the common path */
-		if (!opens.lookup(&key)) {
+		struct tcptrace_record *e = opens.lookup(&key);
+		if (!e) {
 			count(TT_STAT_TABLE_FULL);
 			return NULL;
 		}
-		count(TT_STAT_STALE_ENTRY);
+		if (!(e->flags & TT_F_RESOLVED))
+			count(TT_STAT_STALE_ENTRY);
 		opens.update(&key, &r);
 	}
 	return opens.lookup(&key);
 }
 
-static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r, u64 now)
+/* keep: two deliveries, and the other one of this call may still come (see TT_DUAL) */
+static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r, u64 now,
+				    bool keep)
 {
 	u32 total = 0, srtt = 0, rto_ms = 0;
 	u8 err = 0;
@@ -374,6 +407,7 @@ static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r
 	err = e;
 	r->sk_err = err;
 	r->ts_ns = now;
+	r->flags &= ~TT_F_INTERNAL;
 	if (r->states[0] == TCP_LISTEN) {
 		/* a passive child inherits the request's SYN-ACK re-sends in total_retrans */
 		r->synack_retrans = total;
@@ -387,23 +421,58 @@ static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r
 		r->synack_retrans = total - r->syn_retrans;
 	}
 	mode_resolve(r, sk);
-	opens.delete(&key);
+	if (keep)
+		r->flags |= TT_F_RESOLVED | TT_F_DUP_PENDING;
+	else
+		opens.delete(&key);
 }
 
-/* The one state-change handler every backend calls. */
-static __always_inline void on_state(void *sk, int old, int new)
+/* The one state-change handler every backend calls. `raw`: this delivery is the raw
+ * tracepoint's (or the only one); with two deliveries (TT_DUAL) it alone reports raw events
+ * of sockets that have no entry, which cannot tell a second delivery from a new change. */
+static __always_inline void on_state(void *sk, int old, int new, bool raw)
 {
 	u64 key = (u64)sk, now = bpf_ktime_get_ns();
 	struct tcptrace_record *r;
 
-	emit_event(sk, TT_PROBE_STATE, old, new);
 	if ((old == TCP_CLOSE && new == TCP_SYN_SENT) || (old == TCP_LISTEN && new == TCP_SYN_RECV)) {
+		if (TT_DUAL) {
+			/* before begin() builds a record: the other delivery may have begun it */
+			r = opens.lookup(&key);
+			if (r && (r->flags & TT_F_DUP_PENDING) && !(r->flags & TT_F_RESOLVED) &&
+			    r->nstates == 2 && r->states[0] == old && r->states[1] == new) {
+				r->flags &= ~TT_F_DUP_PENDING;
+				return;
+			}
+		}
 		r = begin(key, sk, old, now);
-		if (r)
+		emit_event(sk, TT_PROBE_STATE, old, new);
+		if (r) {
 			push_state(r, new);
+			if (TT_DUAL)
+				r->flags |= TT_F_DUP_PENDING;
+		}
 		return;
 	}
 	r = opens.lookup(&key);
+	if (TT_DUAL && r) {
+		u8 last = r->states[(r->nstates - 1) & (TCPTRACE_MAX_STATES - 1)];
+		if ((r->flags & TT_F_DUP_PENDING) && last == new) {
+			/* the other delivery of this call: already applied */
+			if (r->flags & TT_F_RESOLVED)
+				opens.delete(&key);
+			else
+				r->flags &= ~TT_F_DUP_PENDING;
+			return;
+		}
+		if (r->flags & TT_F_RESOLVED) {
+			/* the other delivery of the resolving call never came: a change after it */
+			opens.delete(&key);
+			r = NULL;
+		}
+	}
+	if (r || raw || !TT_DUAL)
+		emit_event(sk, TT_PROBE_STATE, old, new);
 	if (!r) {
 		if (old != TCP_SYN_RECV)
 			return; /* not an open we saw begin: nothing to explain */
@@ -421,15 +490,17 @@ static __always_inline void on_state(void *sk, int old, int new)
 	}
 	push_state(r, new);
 	r->ts_ns = now;
+	if (TT_DUAL)
+		r->flags |= TT_F_DUP_PENDING;
 	if (new != TCP_SYN_RECV)
-		resolve(key, sk, r, now);
+		resolve(key, sk, r, now, TT_DUAL);
 }
 
 static __always_inline void on_flags(void *sk, u8 flags)
 {
 	u64 key = (u64)sk;
 	struct tcptrace_record *r = opens.lookup(&key);
-	if (r)
+	if (r && !(r->flags & TT_F_RESOLVED))
 		r->flags |= flags;
 }
 
@@ -439,10 +510,12 @@ static __always_inline void on_destroy(void *sk)
 	struct tcptrace_record *r = opens.lookup(&key);
 
 	emit_event(sk, TT_PROBE_DESTROY, 0, 0);
-	if (r) {
+	if (r && (r->flags & TT_F_RESOLVED)) {
+		opens.delete(&key); /* already reported (see TT_DUAL) */
+	} else if (r) {
 		/* destroyed mid-handshake without a state change we resolved on */
 		r->flags |= TT_F_DESTROYED;
-		resolve(key, sk, r, bpf_ktime_get_ns());
+		resolve(key, sk, r, bpf_ktime_get_ns(), false);
 	}
 }
 
@@ -516,7 +589,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 		return 0;
 	}
 #ifdef BACKEND_TRACEPOINT
-	on_state(sk, old, new);
+	on_state(sk, old, new, true);
 #endif
 	return 0;
 }
@@ -528,6 +601,28 @@ RAW_TRACEPOINT_PROBE(tcp_receive_reset) /* (struct sock *sk) */
 
 	emit_event(sk, TT_PROBE_RST_IN, 0, 0);
 	on_flags(sk, TT_F_RST_IN);
+	return 0;
+}
+
+/* The second deliveries (see TT_DUAL): the same changes through the perf-event tracepoints,
+ * for the ones the raw tracepoint programs were skipped for. listen() and a listener's
+ * close() run in process context, where the raw tracepoint program is never skipped. */
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	int old = args->oldstate, new = args->newstate;
+
+	if (old != TCP_CLOSE && old != TCP_LISTEN && old != TCP_SYN_SENT && old != TCP_SYN_RECV)
+		return 0;
+	if (args->protocol != IPPROTO_TCP || new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE)
+		return 0;
+	on_state((void *)args->skaddr, old, new, false);
+	return 0;
+}
+
+/* setting a flag twice is harmless; the raw event comes from the raw tracepoint only */
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+{
+	on_flags((void *)args->skaddr, TT_F_RST_IN);
 	return 0;
 }
 #endif
@@ -555,7 +650,7 @@ static __always_inline void on_state_call(void *sk, int new)
 	u8 old = 0;
 	TT_READ(old, sk, OFF_SKC_STATE);
 	if (old != new)
-		on_state(sk, old, new);
+		on_state(sk, old, new, true);
 }
 
 static __always_inline void on_synack_out(void *sk)

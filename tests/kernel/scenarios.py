@@ -41,9 +41,11 @@ def nft(rules: str) -> None:
 
 
 def nft_counters() -> dict[str, int]:
-    """packets per rule comment"""
+    """packets per rule comment, and per named counter object"""
     out = {}
     for item in json.loads(sh("nft", "-j", "list", "ruleset"))["nftables"]:
+        if "counter" in item:
+            out[item["counter"]["name"]] = item["counter"]["packets"]
         rule = item.get("rule")
         if rule and "comment" in rule:
             for expr in rule["expr"]:
@@ -126,43 +128,78 @@ def mapped() -> dict:
     return {"expect": out}
 
 
-def crossed(fam: int, attempts: int = 5) -> dict:
+TCP_STATE_ESTABLISHED = 1
+
+
+def tcp_state(s: socket.socket) -> int:
+    """The kernel's state of a TCP socket: tcpi_state, the first byte of struct tcp_info."""
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+def crossed(fam: int) -> dict:
     """Two sockets connect() to each other while an nft rule drops their first SYNs; both
-    SYNs are re-sent in the same timer run and cross. One-sided runs are detected and redone."""
+    SYNs are re-sent in the same timer run and cross. One attempt: if the open was not a
+    crossed one on both sides, it says {"retry": why} and the harness runs it again in a
+    fresh namespace, so no test ever sees the abandoned attempt's records.
+
+    Both sides crossed exactly when each socket received a SYN-ACK: only a socket that went
+    SYN_SENT > SYN_RECV (a bare SYN arrived while it was in SYN_SENT) sends one. One-sided
+    runs happen: the two 1 s SYN timers can fall in different timer-wheel buckets (32 ms
+    apart at HZ=250), and then the first re-sent SYN opens the other side, which answers
+    with a SYN-ACK: its peer becomes a plain active open. An aggregate "two SYN-ACKs
+    arrived" does not tell that apart, as the second side may re-send its SYN-ACK. Nor does
+    SO_ERROR == 0, which a socket still connecting also reads: tcpi_state must say
+    ESTABLISHED. Per-port counters also give each socket's re-sends, which are expected."""
     af, lo = (socket.AF_INET, LO4) if fam == 4 else (socket.AF_INET6, LO6)
-    for attempt in range(attempts):
-        a, b = socket.socket(af), socket.socket(af)
-        a.bind((lo, 0)), b.bind((lo, 0))
-        pa, pb = a.getsockname()[1], b.getsockname()[1]
-        nft(f"""flush ruleset
+    a, b = socket.socket(af), socket.socket(af)
+    a.bind((lo, 0)), b.bind((lo, 0))
+    pa, pb = a.getsockname()[1], b.getsockname()[1]
+    bare, synack = "tcp flags & (syn|ack) == syn", "tcp flags & (syn|ack) == syn|ack"
+    # named counters: the drop counts outlive the chain deleted below
+    nft(f"""flush ruleset
 table inet t {{
+  counter dropped_{pa} {{}}
+  counter dropped_{pb} {{}}
+  counter syn_{pa} {{}}
+  counter syn_{pb} {{}}
+  counter synack_{pa} {{}}
+  counter synack_{pb} {{}}
   chain in {{ type filter hook input priority 0;
-    tcp dport {{ {pa}, {pb} }} tcp flags & (syn|ack) == syn counter drop comment "drop"
+    tcp dport {pa} {bare} counter name "dropped_{pa}" drop
+    tcp dport {pb} {bare} counter name "dropped_{pb}" drop
   }}
   chain count {{ type filter hook input priority 10;
-    tcp dport {{ {pa}, {pb} }} tcp flags & (syn|ack) == syn counter comment "syn_in"
-    tcp dport {{ {pa}, {pb} }} tcp flags & (syn|ack) == syn|ack counter comment "synack_in"
+    tcp dport {pa} {bare} counter name "syn_{pa}"
+    tcp dport {pb} {bare} counter name "syn_{pb}"
+    tcp dport {pa} {synack} counter name "synack_{pa}"
+    tcp dport {pb} {synack} counter name "synack_{pb}"
   }}
 }}""")
-        a.setblocking(False), b.setblocking(False)
-        a.connect_ex(b.getsockname()[:2]), b.connect_ex(a.getsockname()[:2])
-        time.sleep(0.02)
-        sh("nft", "delete", "chain", "inet", "t", "in")
-        for s in (a, b):
-            select.select([], [s], [], 5)
-        errs = [s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for s in (a, b)]
-        counters = nft_counters()
-        names = [s.getsockname()[:2] for s in (a, b)]
-        a.close(), b.close()
-        if errs == [0, 0] and counters.get("synack_in") == 2:
-            out = [expect(names[0], names[1], fam, "simultaneous", "established", syn_retransmits=1,
-                          states=["CLOSE", "SYN_SENT", "SYN_RECV", "ESTABLISHED"], **me()),
-                   expect(names[1], names[0], fam, "simultaneous", "established", syn_retransmits=1,
-                          states=["CLOSE", "SYN_SENT", "SYN_RECV", "ESTABLISHED"], **me())]
-            return {"expect": out, "attempts": attempt + 1, "counters": counters}
-        # one-sided: tell the tracer's records of this attempt apart by port; not expected
-        time.sleep(0.1)
-    raise SystemExit(f"crossed SYNs did not cross in {attempts} attempts")
+    a.setblocking(False), b.setblocking(False)
+    a.connect_ex(b.getsockname()[:2]), b.connect_ex(a.getsockname()[:2])
+    time.sleep(0.02)
+    sh("nft", "delete", "chain", "inet", "t", "in")
+    pending, deadline = [a, b], time.monotonic() + 5
+    while pending and time.monotonic() < deadline:
+        _, ready, _ = select.select([], pending, [], max(0.0, deadline - time.monotonic()))
+        pending = [s for s in pending if s not in ready]
+    states = [tcp_state(s) for s in (a, b)]
+    counters = nft_counters()
+    names = [s.getsockname()[:2] for s in (a, b)]
+    a.close(), b.close()
+    got = {p: {k: counters.get(f"{k}_{p}", 0) for k in ("dropped", "syn", "synack")}
+           for p in (pa, pb)}
+    if states != [TCP_STATE_ESTABLISHED] * 2 or not (got[pa]["synack"] and got[pb]["synack"]):
+        return {"retry": f"not crossed on both sides: tcpi_state {states}, per port {got}",
+                "counters": counters}
+    out = []
+    for (me_, peer), to in ((names, pb), (names[::-1], pa)):
+        # this socket's SYNs and SYN-ACKs went to the peer's port `to`
+        out.append(expect(me_, peer, fam, "simultaneous", "established",
+                          syn_retransmits=got[to]["dropped"] + got[to]["syn"] - 1,
+                          synack_retransmits=got[to]["synack"] - 1,
+                          states=["CLOSE", "SYN_SENT", "SYN_RECV", "ESTABLISHED"], **me()))
+    return {"expect": out, "counters": counters}
 
 
 def refused() -> dict:
