@@ -19,6 +19,13 @@ unit:
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
+# A new user's `make test` (issue 10): in a clean bookworm root (mmdebstrap, cached in
+# /var/cache/tcptrace-bpf/fresh-root) with a fresh clone of HEAD, set-up from nothing and no
+# skips allowed (scripts/fresh-test.sh). ARGS passes through to that `make test`.
+.PHONY: fresh-test
+fresh-test:
+	bash scripts/fresh-test.sh "$(ARGS)"
+
 # Real distro kernel: the real-kernel tests with --attach kprobe, fentry and auto on Debian's
 # 6.12 cloud kernel under qemu (vm/run.sh; image cached in /var/cache/tcptrace-bpf/vm).
 .PHONY: vm-test

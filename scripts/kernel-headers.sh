@@ -30,10 +30,7 @@ work=$(mktemp -d /var/tmp/tcptrace-headers.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # A private apt configuration for $SUITE: nothing is installed on the system from it.
 # The mirror is the one this host already uses for Debian.
-mirror=$( (cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true) \
-         | grep -oE '^(URIs:|deb) +(\[[^]]*\] +)?(http|https)://[^ ]+/debian/?( |$)' \
-         | grep -oE '(http|https)://[^ ]+' | sed -n 1p || true)
-[ -n "$mirror" ] || { log "cannot find a Debian mirror in /etc/apt/sources.list*"; exit 1; }
+mirror=$("$(dirname "$0")/debian-mirror.sh")
 mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial"
 echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $SUITE main" > "$work/apt/sources.list"
 aptopts=(-o Dir::Etc::SourceList="$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null

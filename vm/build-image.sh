@@ -16,8 +16,7 @@ if [ -e "$out/.ready" ]; then log "cached image $out"; echo "$out"; exit 0; fi
 
 "$here/../scripts/apt-install.sh" mmdebstrap e2fsprogs debian-archive-keyring
 # The Debian mirror this host already uses (its trixie suite; bookworm's keyring signs it).
-mirror=${TCPTRACE_VM_MIRROR:-$(apt-get indextargets --format '$(REPO_URI)' 'Created-By: Packages' \
-        | grep -m1 '/debian/$' || echo http://deb.debian.org/debian/)}
+mirror=${TCPTRACE_VM_MIRROR:-$("$here/../scripts/debian-mirror.sh")}
 work=$(mktemp -d /var/tmp/tcptrace-vm.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root=$work/root
