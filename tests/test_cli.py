@@ -1,11 +1,10 @@
 """Bad input ends in one line on stderr and a non-zero exit, never a traceback."""
 
 import subprocess
-import sys
 
 import pytest
 
-TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
+from tests.background import TOOL
 
 
 @pytest.mark.parametrize("args,word", [

@@ -5,7 +5,6 @@ import json
 import socket
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ from tcptrace_bpf.replay import replay
 from tcptrace_bpf.sinks import Discard
 from tcptrace_bpf.tracker import Match, Classifier
 from tests import fixtures
+from tests.background import TOOL
 
-TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
 RECORDINGS = fixtures.HERE / "recordings"
 
 

@@ -3,7 +3,6 @@ it; LossReason against the kernel's stat order and the exported label values."""
 
 import json
 import subprocess
-import sys
 
 from tcptrace_bpf import wire
 from tcptrace_bpf.model import OpenPath, Outcome
@@ -13,8 +12,8 @@ from tcptrace_bpf.summary import KERNEL_REASONS, LossReason
 from tcptrace_bpf.tracker import Match
 from tests import fixtures
 from tests.test_recording import RECORDINGS, write
+from tests.background import TOOL
 
-TOOL = [sys.executable, "-m", "tcptrace_bpf.cli"]
 ALL_REASONS = ["ringbuf_full", "table_full", "stale_entry", "unknown_transition",
                "half_open_expired", "decode_error", "request_evicted"]
 
