@@ -30,6 +30,16 @@ def one_line_error(out, word):
     assert len(lines) == 1 and lines[0].startswith("tcptrace-bpf: error: ") and word in lines[0], lines
 
 
+def self_signed(tmp_path):
+    """A throw-away certificate and key for 127.0.0.1 (PEM files)."""
+    require(shutil.which("openssl") is not None, "needs openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 def test_port_in_use_is_one_line():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -71,11 +81,7 @@ def test_basic_auth_required_when_configured():
 
 
 def test_tls(tmp_path):
-    require(shutil.which("openssl") is not None, "needs openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     server = endpoint.serve(endpoint.Endpoint("127.0.0.1", 0, str(cert), str(key)), _registry())
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
@@ -188,11 +194,7 @@ def test_v4_and_v6_endpoints_in_one_process():
 
 
 def test_a_silent_tls_client_does_not_block_the_probes(tmp_path):
-    require(shutil.which("openssl") is not None, "needs openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     readiness = endpoint.Readiness("not tracing yet: x")
     server = endpoint.serve(endpoint.Endpoint("127.0.0.1", 0, str(cert), str(key)), _registry(), readiness)
     silent = socket.create_connection(("127.0.0.1", server.server_port))  # never says hello
