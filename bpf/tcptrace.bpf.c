@@ -403,9 +403,11 @@ static __always_inline void resolve(u64 key, void *sk, struct tcptrace_record *r
 	int e = 0;
 
 	TT_READ(total, sk, OFF_TCP_TOTAL_RETRANS);
-	TT_READ(e, sk, OFF_SK_ERR);
-	err = e;
-	r->sk_err = err;
+	if (!r->sk_err) { /* repair_missed() may have inferred it */
+		TT_READ(e, sk, OFF_SK_ERR);
+		err = e;
+		r->sk_err = err;
+	}
 	r->ts_ns = now;
 	r->flags &= ~TT_F_INTERNAL;
 	if (r->states[0] == TCP_LISTEN) {
@@ -483,6 +485,14 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 			return;
 		push_state(r, TCP_SYN_RECV);
 	}
+	if (r->states[(r->nstates - 1) & (TCPTRACE_MAX_STATES - 1)] != old) {
+		/* the socket changed state before this with no program run for it (see
+		 * repair_missed()): it was in `old`, so it passed through it, e.g. the SYN_RECV
+		 * of a crossed open whose SYN_SENT > SYN_RECV no delivery saw */
+		count(TT_STAT_MISSED_STATE_CHANGE);
+		r->flags |= TT_F_REPAIRED;
+		push_state(r, old);
+	}
 	if (old == TCP_SYN_SENT) {
 		u32 total = 0;
 		TT_READ(total, sk, OFF_TCP_TOTAL_RETRANS);
@@ -504,6 +514,55 @@ static __always_inline void on_flags(void *sk, u8 flags)
 		r->flags |= flags;
 }
 
+/* The socket left the state the entry last saw, and no program ran for it: the kernel also
+ * skips both deliveries of a change (measured in CI: SYN_SENT > CLOSE made by the SYN timer's
+ * softirq, on a timeout or a second ICMP error). At destruction the socket still tells how its
+ * open ended: a SYN that was acknowledged (bytes_acked counts it) made it ESTABLISHED; else it
+ * failed, and the errno the application may already have taken from sk_err is inferred, in
+ * the order the kernel would have set it: sk_err, an RST (refused), the soft ICMP error kept
+ * in sk_err_soft, SYN re-sends that reached the retry limit (timeout). Counted: the outcome is
+ * the socket's own, the moment of it is the destruction's. */
+static __always_inline void repair_missed(void *sk, struct tcptrace_record *r)
+{
+	u8 last = r->states[(r->nstates - 1) & (TCPTRACE_MAX_STATES - 1)], state = 0, limit = 0;
+	u64 acked = 0;
+	u32 total = 0;
+	int err = 0;
+	void *net;
+
+	TT_READ(state, sk, OFF_SKC_STATE);
+	if (state == last)
+		return;
+	count(TT_STAT_MISSED_STATE_CHANGE);
+	r->flags |= TT_F_REPAIRED;
+	if (last != TCP_SYN_SENT) {
+		push_state(r, state); /* a passive child: where it was found, nothing inferred */
+		return;
+	}
+	TT_READ(total, sk, OFF_TCP_TOTAL_RETRANS);
+	r->syn_retrans = total;
+	TT_READ(acked, sk, OFF_TCP_BYTES_ACKED);
+	if (acked) {
+		push_state(r, TCP_ESTABLISHED);
+		return;
+	}
+	push_state(r, TCP_CLOSE);
+	TT_READ(err, sk, OFF_SK_ERR);
+	if (!err && (r->flags & TT_F_RST_IN))
+		err = ECONNREFUSED;
+	if (!err)
+		TT_READ(err, sk, OFF_SK_ERR_SOFT);
+	if (!err) {
+		TT_READ(limit, sk, OFF_ICSK_SYN_RETRIES); /* TCP_SYNCNT wins over the sysctl */
+		net = tt_sock_net(sk);
+		if (!limit && net)
+			TT_READ(limit, net, OFF_NET_SYN_RETRIES);
+		if (limit && total >= limit)
+			err = ETIMEDOUT;
+	}
+	r->sk_err = err;
+}
+
 static __always_inline void on_destroy(void *sk)
 {
 	u64 key = (u64)sk;
@@ -515,6 +574,7 @@ static __always_inline void on_destroy(void *sk)
 	} else if (r) {
 		/* destroyed mid-handshake without a state change we resolved on */
 		r->flags |= TT_F_DESTROYED;
+		repair_missed(sk, r);
 		resolve(key, sk, r, bpf_ktime_get_ns(), false);
 	}
 }

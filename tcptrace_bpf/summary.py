@@ -20,6 +20,7 @@ class LossReason(str, Enum):
     TABLE_FULL = "table_full"
     STALE_ENTRY = "stale_entry"
     UNKNOWN_TRANSITION = "unknown_transition"   # also the tracker's, for a record it cannot name
+    MISSED_STATE_CHANGE = "missed_state_change"  # no program ran for it: repaired at destruction
     # kernel table entries the session's sweep dropped (loader.BpfPrograms.expire_half_open)
     HALF_OPEN_EXPIRED = "half_open_expired"
     # collector side (tracker.py)

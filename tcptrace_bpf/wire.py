@@ -22,7 +22,9 @@ AF_INET, AF_INET6 = 2, 10
 KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT = 1, 2, 3
 PROBE_STATE, PROBE_RST_IN, PROBE_SYN_IN, PROBE_SYNACK_OUT, PROBE_DESTROY = 1, 2, 3, 4, 5
 F_RST_IN, F_SYN_IN, F_SYNACK_OUT, F_NO_START, F_DESTROYED = 0x01, 0x02, 0x04, 0x08, 0x10
-STAT_NAMES = ("ringbuf_full", "table_full", "stale_entry", "unknown_transition")  # TT_STAT_*
+F_REPAIRED = 0x20
+STAT_NAMES = ("ringbuf_full", "table_full", "stale_entry", "unknown_transition",  # TT_STAT_*
+              "missed_state_change")
 
 # Export mode's kernel counters (bpf/tcptrace.bpf.c, "export mode"): the index orders of
 # TT_PATH_* and TT_OUT_* are the member orders of model's OpenPath and Outcome; family index 0

@@ -14,7 +14,7 @@ from tests import fixtures
 from tests.test_recording import RECORDINGS, write
 from tests.background import TOOL
 
-ALL_REASONS = ["ringbuf_full", "table_full", "stale_entry", "unknown_transition",
+ALL_REASONS = ["ringbuf_full", "table_full", "stale_entry", "unknown_transition", "missed_state_change",
                "half_open_expired", "decode_error", "request_evicted"]
 
 
