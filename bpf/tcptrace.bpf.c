@@ -79,6 +79,12 @@ static __always_inline void count(int idx)
 		(*v)++;
 }
 
+/* the state an open's entry last saw */
+static __always_inline u8 last_state(struct tcptrace_record *r)
+{
+	return r->states[(r->nstates - 1) & (TCPTRACE_MAX_STATES - 1)];
+}
+
 #define TT_READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(base) + (off))
 
 /* ---------------------------------------------------------------- export mode
@@ -117,7 +123,7 @@ static __always_inline int open_path(struct tcptrace_record *r)
 
 static __always_inline int open_outcome(struct tcptrace_record *r)
 {
-	u8 last = r->states[(r->nstates - 1) & (TCPTRACE_MAX_STATES - 1)];
+	u8 last = last_state(r);
 	bool rst = r->flags & TT_F_RST_IN;
 
 	if (last == TCP_ESTABLISHED)
@@ -231,6 +237,20 @@ static __always_inline void *tt_sock_net(void *sk)
 	void *net = NULL;
 	TT_READ(net, sk, OFF_SKC_NET);
 	return net;
+}
+
+/* How many SYNs (or SYN-ACKs) the kernel re-sends: the socket's own TCP_SYNCNT, else the
+ * namespace's sysctl at net_off (OFF_NET_SYN_RETRIES or OFF_NET_SYNACK_RETRIES). */
+static __always_inline u8 retry_limit(void *sk, int net_off)
+{
+	u8 limit = 0;
+	void *net;
+
+	TT_READ(limit, sk, OFF_ICSK_SYN_RETRIES);
+	net = tt_sock_net(sk);
+	if (!limit && net)
+		TT_READ(limit, net, net_off);
+	return limit;
 }
 
 static __always_inline u32 netns_of(void *sk)
@@ -458,7 +478,7 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 	}
 	r = opens.lookup(&key);
 	if (TT_DUAL && r) {
-		u8 last = r->states[(r->nstates - 1) & (TCPTRACE_MAX_STATES - 1)];
+		u8 last = last_state(r);
 		if ((r->flags & TT_F_DUP_PENDING) && last == new) {
 			/* the other delivery of this call: already applied */
 			if (r->flags & TT_F_RESOLVED)
@@ -485,7 +505,7 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 			return;
 		push_state(r, TCP_SYN_RECV);
 	}
-	if (r->states[(r->nstates - 1) & (TCPTRACE_MAX_STATES - 1)] != old) {
+	if (last_state(r) != old) {
 		/* the socket changed state before this with no program run for it (see
 		 * repair_missed()): it was in `old`, so it passed through it, e.g. the SYN_RECV
 		 * of a crossed open whose SYN_SENT > SYN_RECV no delivery saw */
@@ -524,11 +544,10 @@ static __always_inline void on_flags(void *sk, u8 flags)
  * the socket's own, the moment of it is the destruction's. */
 static __always_inline void repair_missed(void *sk, struct tcptrace_record *r)
 {
-	u8 last = r->states[(r->nstates - 1) & (TCPTRACE_MAX_STATES - 1)], state = 0, limit = 0;
+	u8 last = last_state(r), state = 0;
 	u64 acked = 0;
 	u32 total = 0;
 	int err = 0;
-	void *net;
 
 	TT_READ(state, sk, OFF_SKC_STATE);
 	if (state == last)
@@ -553,10 +572,7 @@ static __always_inline void repair_missed(void *sk, struct tcptrace_record *r)
 	if (!err)
 		TT_READ(err, sk, OFF_SK_ERR_SOFT);
 	if (!err) {
-		TT_READ(limit, sk, OFF_ICSK_SYN_RETRIES); /* TCP_SYNCNT wins over the sysctl */
-		net = tt_sock_net(sk);
-		if (!limit && net)
-			TT_READ(limit, net, OFF_NET_SYN_RETRIES);
+		u8 limit = retry_limit(sk, OFF_NET_SYN_RETRIES);
 		if (limit && total >= limit)
 			err = ETIMEDOUT;
 	}
@@ -586,8 +602,7 @@ static __always_inline void on_req_synack_rtx(void *listener, void *req)
 	struct tcptrace_record r = {};
 	struct tcptrace_listener_key k = {};
 	u64 snt_us = 0;
-	u8 nrtx = 0, limit = 0;
-	void *net;
+	u8 nrtx = 0;
 
 	r.kind = TT_KIND_REQ_SYNACK_RTX;
 	r.ts_ns = bpf_ktime_get_ns();
@@ -598,11 +613,7 @@ static __always_inline void on_req_synack_rtx(void *listener, void *req)
 	r.synack_retrans = nrtx + 1; /* num_retrans counts this one only after we return */
 	TT_READ(snt_us, req, OFF_TREQ_SNT_SYNACK);
 	r.start_ns = snt_us * 1000;
-	TT_READ(limit, listener, OFF_ICSK_SYN_RETRIES); /* TCP_SYNCNT on the listener wins */
-	net = tt_sock_net(req);
-	if (!limit && net)
-		TT_READ(limit, net, OFF_NET_SYNACK_RETRIES);
-	r.synack_budget = limit;
+	r.synack_budget = retry_limit(listener, OFF_NET_SYNACK_RETRIES); /* the listener's TCP_SYNCNT */
 	listener_key(listener, &k);
 	owned_by(&r, &k);
 	r.nstates = 1;

@@ -29,15 +29,15 @@
 #define TT_F_SYNACK_OUT    0x04 /* tcp_send_synack ran (simultaneous open) */
 #define TT_F_NO_START      0x08 /* open began before tracing started */
 #define TT_F_DESTROYED     0x10 /* resolved by socket destruction, not a state change */
-#define TT_F_REPAIRED      0x20 /* the kernel changed the socket's state with no program run:
-                                 * the end was read from the socket at its destruction */
+#define TT_F_REPAIRED      0x20 /* a state change no program ran for was put back: from the next
+                                 * change's old state, or read from the socket at destruction */
 
 /* kernel-side loss counters (stats map index) */
 #define TT_STAT_RINGBUF_FULL  0 /* ring buffer reserve failed: a record was lost */
 #define TT_STAT_TABLE_FULL    1 /* per-socket table full: an open was not tracked */
 #define TT_STAT_STALE_ENTRY   2 /* an unresolved entry was replaced by a new open */
 #define TT_STAT_UNKNOWN_TRANSITION 3 /* export mode: an open whose path has no name */
-#define TT_STAT_MISSED_STATE_CHANGE 4 /* a state change no program ran for (repaired at destruction) */
+#define TT_STAT_MISSED_STATE_CHANGE 4 /* a state change no program ran for (repaired: TT_F_REPAIRED) */
 #define TT_STAT_MAX           5
 
 /* Export mode (TCPTRACE_AGGREGATE): each resolved open is classified in the kernel and

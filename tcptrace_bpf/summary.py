@@ -20,7 +20,7 @@ class LossReason(str, Enum):
     TABLE_FULL = "table_full"
     STALE_ENTRY = "stale_entry"
     UNKNOWN_TRANSITION = "unknown_transition"   # also the tracker's, for a record it cannot name
-    MISSED_STATE_CHANGE = "missed_state_change"  # no program ran for it: repaired at destruction
+    MISSED_STATE_CHANGE = "missed_state_change"  # no program ran for it: repaired (TT_F_REPAIRED)
     # kernel table entries the session's sweep dropped (loader.BpfPrograms.expire_half_open)
     HALF_OPEN_EXPIRED = "half_open_expired"
     # collector side (tracker.py)
@@ -40,8 +40,7 @@ def add_lost(*counts: dict) -> dict[str, int]:
     total: dict[str, int] = {}
     for c in counts:
         for reason, n in c.items():
-            key = reason.value if isinstance(reason, LossReason) else str(reason)
-            total[key] = total.get(key, 0) + n
+            total[reason] = total.get(reason, 0) + n
     return total
 
 
