@@ -153,7 +153,8 @@ class _Serving:
         self.emit = exporter.metrics.observe
 
     def start(self, run: RunStart) -> None:
-        self.exporter.metrics.start(run)
+        if run.aggregates:  # export mode: the kernel counts the opens
+            self.exporter.count_in_kernel(run.aggregates)
         self.exporter.add_self_metrics(run.backend, run.lost, run.tracked)
         if self.ready_at_start:
             self.exporter.ready()

@@ -107,10 +107,6 @@ class Readiness:
     def __init__(self, waiting: Optional[str] = None):
         self.waiting = waiting  # one line: why not ready yet; None once ready
 
-    @property
-    def ready(self) -> bool:
-        return self.waiting is None
-
     def set_ready(self) -> None:
         self.waiting = None
 
@@ -132,6 +128,13 @@ def make_app(registry: CollectorRegistry, readiness: Readiness,
         want = ("Basic " + base64.b64encode(f"{auth_user}:{auth_password or ''}".encode())
                 .decode()).encode()
 
+    def not_ready(environ, start_response):
+        """503 with the one line saying why, while the probes are not attached; else None"""
+        waiting = readiness.waiting
+        if waiting is None:
+            return None
+        return _text(start_response, "503 Service Unavailable", f"tcptrace-bpf: {waiting}", environ)
+
     def app(environ, start_response):
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path == METRICS:
@@ -140,11 +143,7 @@ def make_app(registry: CollectorRegistry, readiness: Readiness,
                     environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace"), want):
                 return _text(start_response, "401 Unauthorized", "unauthorized", environ,
                              [("WWW-Authenticate", 'Basic realm="tcptrace-bpf"')])
-            waiting = readiness.waiting
-            if waiting is not None:
-                return _text(start_response, "503 Service Unavailable",
-                             f"tcptrace-bpf: {waiting}", environ)
-            return metrics(environ, start_response)
+            return not_ready(environ, start_response) or metrics(environ, start_response)
         if path not in (READY, HEALTHY):
             return _text(start_response, "404 Not Found",
                          f"not found; paths: {METRICS} {READY} {HEALTHY}", environ)
@@ -153,11 +152,8 @@ def make_app(registry: CollectorRegistry, readiness: Readiness,
                          [("Allow", "GET, HEAD")])
         if path == HEALTHY:
             return _text(start_response, "200 OK", "tcptrace-bpf is healthy.", environ)
-        waiting = readiness.waiting
-        if waiting is not None:
-            return _text(start_response, "503 Service Unavailable", f"tcptrace-bpf: {waiting}",
-                         environ)
-        return _text(start_response, "200 OK", "tcptrace-bpf is ready.", environ)
+        return (not_ready(environ, start_response)
+                or _text(start_response, "200 OK", "tcptrace-bpf is ready.", environ))
     return app
 
 

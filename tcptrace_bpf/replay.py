@@ -7,7 +7,7 @@ from . import recording, wire
 from .recording import RecordingError
 from .session import POLL_MS
 from .sinks import RunStart, Sink
-from .summary import KERNEL_REASONS, RunSummary, add_lost
+from .summary import RunSummary, add_lost
 from .tracker import Match, Classifier
 
 _EXPIRE_EVERY_NS = POLL_MS * 1_000_000  # as often as a live session would
@@ -51,11 +51,9 @@ def replay(path: str, match: Match, sink: Sink) -> RunSummary:
         for item in tracker.expire(reader.trailer.ended_ns):
             emit(item)
         sink.flush()
-        kernel = {r.value: 0 for r in KERNEL_REASONS}
-        kernel.update(reader.trailer.lost)
         summary = RunSummary(
             backend=head.backend, counts=dict(tracker.counts), lost=lost(),
-            kernel_lost=kernel, pending_requests=tracker.pending_requests,
+            kernel_lost=dict(reader.trailer.lost), pending_requests=tracker.pending_requests,
             replayed_records=n, recorded_kernel=head.kernel)
         sink.close(summary)
         return summary

@@ -119,11 +119,12 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
         tracer.drain()
         for s in sinks:
             s.flush()
+        kernel = tracer.kernel_lost()  # once: lost and kernel_lost must agree
         summary = RunSummary(
             backend=tracer.caps.backend.value,
             backends_tried={t.backend.value: t.outcome for t in tracer.caps.trials},
-            counts=dict(tracker.counts), lost=lost_events(tracer, tracker),
-            kernel_lost=tracer.kernel_lost(), pending_requests=tracker.pending_requests,
+            counts=dict(tracker.counts), lost=add_lost(kernel, tracker.lost),
+            kernel_lost=kernel, pending_requests=tracker.pending_requests,
             tracked_at_exit=tracer.tracked_sockets())
         for s in sinks:
             s.close(summary)

@@ -16,8 +16,7 @@ from prometheus_client.utils import floatToGoString
 
 from .. import wire
 from ..model import OpenAttempt, Outcome
-from ..summary import LossReason, RunSummary
-from . import RunStart
+from ..summary import LossReason
 
 # No *_created series (they would double the exposition and say only when the exporter
 # started): these families are built at each scrape without creation timestamps, so no
@@ -43,17 +42,6 @@ class HandshakeMetrics:
         self.rtx = [0] * (len(wire.AGG_PATHS) + 1)
         self.duration = [0] * (len(wire.AGG_PATHS) * len(wire.AGG_FAMILIES) * (nb + 2))
 
-    # -- the sink protocol (sinks.Sink): observe() is emit()
-    def start(self, run: RunStart) -> None:
-        if run.aggregates:  # export mode: the kernel counts the opens
-            self.kernel = run.aggregates
-
-    def flush(self) -> None:
-        pass  # read at scrape time
-
-    def close(self, summary: RunSummary) -> None:
-        pass
-
     def observe(self, rec: OpenAttempt) -> None:
         p, f = _PATH[rec.path.value], _FAMILY[rec.family]
         self.handshakes[wire.handshake_index(p, _OUTCOME[rec.outcome.value], f)] += 1
@@ -64,8 +52,6 @@ class HandshakeMetrics:
             i = next((i for i, b in enumerate(self.buckets) if rec.duration_s <= b), len(self.buckets))
             self.duration[base + i] += 1
             self.duration[base + len(self.buckets) + 1] += round(rec.duration_s * 1e9)
-
-    emit = observe
 
     def _totals(self) -> tuple[list[int], list[int], list[int]]:
         hs, rtx, dur = list(self.handshakes), list(self.rtx), list(self.duration)
