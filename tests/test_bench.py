@@ -8,13 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.background import ROOT
 from tests.conftest import require
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("baseline (untraced)", "tcptrace-bpf export", "tcptrace-bpf trace --json > /dev/null",
         "bcc tcpstates-bpfcc", "collector alone: replay FILE --json > /dev/null",
         "collector alone in-process -> prometheus sink")

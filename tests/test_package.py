@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.background import ROOT
 from tests.conftest import require
+from tests.test_recording import RECORDINGS
 
-ROOT = Path(__file__).resolve().parents[1]
-RECORDINGS = ROOT / "tests" / "fixtures" / "recordings"
 PIP = ["-m", "pip", "--disable-pip-version-check", "-q"]
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.background import ROOT, TOOL, Background  # noqa: F401 (ROOT, TOOL re-exported)
+from tests.background import TOOL, Background
 from tests.conftest import require
-from tests.kernel.harness import delete_namespaces, run_scenario  # noqa: F401 (re-exported)
+from tests.kernel.harness import delete_namespaces
 
 # Backend of the session tracer: tracepoint, the one the CI kernel allows; the VM run
 # (vm/guest-run.sh) sets kprobe, fentry or auto.

@@ -8,7 +8,9 @@ import pytest
 from tcptrace_bpf import loader, wire
 from tcptrace_bpf.btf import BTF, BTFError
 
-from .conftest import ROOT, TOOL, kernel_ready
+from tests.background import ROOT, TOOL
+
+from .conftest import kernel_ready
 
 
 @pytest.fixture(scope="module")

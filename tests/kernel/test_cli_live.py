@@ -11,7 +11,9 @@ import pytest
 
 from tests.conftest import require
 
-from .conftest import ROOT, TOOL, LiveTracer, kernel_ready
+from tests.background import ROOT, TOOL
+
+from .conftest import LiveTracer, kernel_ready
 from .harness import new_namespace, run_scenario
 
 REQUIRED_KEYS = {"ts", "path", "outcome", "family", "saddr", "sport", "daddr", "dport", "states",
@@ -87,7 +89,8 @@ def test_summary_json_reports_backend_trials_and_the_scenarios_opens(tmp_path):
     t = LiveTracer("--attach", "auto", "--netns", f"/run/netns/{ns}", "--duration", "8",
                    "--summary-json", str(out))
     run_scenario("normal4", ns)
-    assert t.proc.wait(timeout=60) == 0, t.stderr
+    t.proc.wait(timeout=60)
+    assert t.stop() == 0, t.stderr  # exited already: stop() only waits for the last lines
     doc = json.loads(out.read_text())
     assert doc["backend"] == t.backend
     tried = doc["backends_tried"]

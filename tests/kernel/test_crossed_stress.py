@@ -24,7 +24,6 @@ the witness did not see its transition either (the scenario proves the kernel ma
 most a few per run, and the tracer must be right on every socket the witness saw."""
 
 import ctypes
-import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor

@@ -3,23 +3,15 @@ tracer (tracepoint backend, the one this kernel allows)."""
 
 import pytest
 
-from .harness import run_scenario
-
-KEYS = ("path", "outcome", "family", "saddr", "sport", "daddr", "dport")
+from .harness import compare, run_scenario
 
 
 def _check(tracer, name):
     sc = run_scenario(name)
     want = sc["expect"]
     got = tracer.wait_for(sc["netns"], len(want), timeout=20, pid=sc["pid"])
-    assert len(got) == len(want), f"{name}: expected {want}\ngot {got}"
-    for exp in want:
-        match = [r for r in got if all(r[k] == exp[k] for k in ("saddr", "sport", "daddr", "dport"))]
-        assert len(match) == 1, f"{name}: no single record for {exp}\ngot {got}"
-        rec = match[0]
-        for key, value in exp.items():
-            assert rec[key] == value, f"{name}: {key} is {rec[key]!r}, want {value!r}\n{rec}"
-        assert rec["duration_s"] is not None and rec["duration_s"] >= 0
+    problems = compare(want, got)
+    assert not problems, f"{name}: " + "\n".join(problems)
     return sc, got
 
 

@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tcptrace_bpf.endpoint import NOT_TRACING_YET
 
+from tests.test_http import get as http_get
+
 from .conftest import START_TIMEOUT, kernel_ready
 from .harness import run_scenario
 from .test_operability import our_bpf_objects
@@ -22,12 +24,7 @@ REFUSED_V4 = 'tcptrace_handshakes_total{family="4",outcome="refused",path="activ
 
 def get(url: str) -> tuple[int, str]:
     """(status, body) whatever the status; URLError if nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, err.read().decode()
+    return http_get(url)[:2]
 
 
 @dataclass
