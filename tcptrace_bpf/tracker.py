@@ -1,4 +1,5 @@
-"""Turns decoded kernel records into OpenRecords: names the path and the outcome.
+"""Turns decoded kernel records (wire.WireRecord) into opens (model.OpenAttempt): names the
+path and the outcome.
 
 No I/O: fed from the ring buffer live or from a recording alike. Time only moves through
 the records' own timestamps and the `now_ns` handed to expire().

@@ -1,8 +1,8 @@
 """Prometheus metrics, as collectors read at scrape time. Label sets are bounded: path,
 outcome, family, reason.
 
-HandshakeMetrics counts opens from two sources added together: OpenRecords observed in
-Python (trace-style records: replay, and request sockets the tracker expires) and, in export
+HandshakeMetrics counts opens from two sources added together: opens (model.OpenAttempt)
+observed in Python (replay, and request sockets the tracker expires) and, in export
 mode, the kernel's own per-CPU counters (loader.BpfPrograms.aggregates()), so that live export
 does no Python work per connection. Both use the kernel's index layout (wire.AGG_*)."""
 
