@@ -41,3 +41,13 @@ BENCH_ARGS ?=
 bench: setup
 	test -x $(VENV)/bin/py-spy || $(VENV)/bin/pip install -q --disable-pip-version-check py-spy
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# Fleet (issue 14): the OCI image from Debian packages and this repo (deploy/container), and
+# its test: the exporter under podman with CAP_BPF + CAP_PERFMON only, scraped by a real
+# Prometheus while real handshakes run (scripts/image-test.sh; README "Fleet").
+.PHONY: image image-test
+image: setup
+	bash deploy/container/build.sh
+
+image-test: setup
+	bash scripts/image-test.sh $(ARGS)

@@ -19,8 +19,10 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 #   gcc, libc6-dev                            - bench smoke test builds bench/churn.c
 #   tcpstates-bpfcc (bpfcc-tools)             - bench smoke test's reference row
 #   git                                       - bench records the revision it measured
+#   systemd-analyze (systemd)                 - verifies deploy/systemd's unit
+# (`make image-test` installs what only it needs: mmdebstrap, podman, runc.)
 scripts/apt-install.sh python3-bpfcc python3-venv nftables iproute2 util-linux openssl \
-  prometheus bpftool gcc libc6-dev bpfcc-tools git
+  prometheus bpftool gcc libc6-dev bpfcc-tools git systemd
 
 scripts/mount-tracefs.sh
 scripts/kernel-headers.sh

@@ -5,6 +5,7 @@ comes with its remedy."""
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import socket
 from dataclasses import asdict, dataclass, field
@@ -56,7 +57,10 @@ def run() -> Report:
     else:
         r.add("privileges", "ok", " + ".join(need) + " effective")
     btf = _btf(r)
-    if not TRACEPOINT.exists():
+    if privileges.tracefs_denied():
+        r.add("tracefs", "fail", f"{TRACEPOINT.parent}: permission denied",
+              "run as root, or grant CAP_DAC_READ_SEARCH")
+    elif not os.path.exists(TRACEPOINT):
         r.add("tracefs", "fail", f"{TRACEPOINT} not found (debugfs/tracefs not mounted)",
               "mount -t debugfs debugfs /sys/kernel/debug (scripts/mount-tracefs.sh)")
     else:

@@ -8,7 +8,6 @@ import ctypes
 import mmap
 import os
 import time
-import tempfile
 import platform
 from dataclasses import dataclass, field
 from enum import Enum
@@ -189,9 +188,10 @@ def cflags(backend: Backend, settings: Settings, offsets: list[str]) -> list[str
 
 def _kprobes_possible() -> Optional[str]:
     """Why kprobes cannot attach at all, or None. The kernel's own interfaces, not bcc's flags."""
-    if not (Path("/sys/bus/event_source/devices/kprobe").exists()
-            or Path("/sys/kernel/tracing/kprobe_events").exists()
-            or Path("/sys/kernel/debug/tracing/kprobe_events").exists()):
+    # os.path.exists: a tracefs this user may not search is "cannot tell", not a traceback
+    if not (os.path.exists("/sys/bus/event_source/devices/kprobe")
+            or os.path.exists("/sys/kernel/tracing/kprobe_events")
+            or os.path.exists("/sys/kernel/debug/tracing/kprobe_events")):
         return "kernel has no kprobes (CONFIG_KPROBES unset)"
     return None
 
@@ -201,7 +201,8 @@ def kernel_messages():
     """Capture what libbcc/libbpf write to fd 2 during a trial load (compile warnings are off
     with -w); yields a getter of the first meaningful line, to explain a refused backend."""
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
+    # in memory, not in /tmp: a sandbox may give the tracer no writable file system at all
+    with open(os.memfd_create("tcptrace-bpf-stderr"), "w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         text: list[str] = []
         try:
@@ -237,6 +238,7 @@ class BpfPrograms:
             if backend is Backend.KPROBE and (why := _kprobes_possible()):
                 trials.append(BackendTrial(backend, False, why))
                 continue
+            said = str  # "" if kernel_messages() itself fails
             try:
                 with kernel_messages() as said:
                     bpf = _load(bcc, backend, cflags(backend, settings, offsets))
