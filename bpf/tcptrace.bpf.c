@@ -139,6 +139,10 @@ static __always_inline int open_outcome(struct tcptrace_record *r)
 		return TT_OUT_RESET;
 	if (r->sk_err) /* EHOSTUNREACH, ENETUNREACH, ...: an ICMP error */
 		return TT_OUT_UNREACHABLE;
+	/* connect() found no free local port (EADDRNOTAVAIL): SYN_SENT > CLOSE inside connect(),
+	 * before a port was taken, so before any SYN; an open that sent one has its port */
+	if (!rst && !r->sport && r->nstates == 3 && r->states[1] == TCP_SYN_SENT)
+		return TT_OUT_PORT_EXHAUSTED;
 	return rst ? TT_OUT_RESET : TT_OUT_ABORTED;
 }
 
@@ -336,6 +340,8 @@ static __always_inline void mode_resolve(struct tcptrace_record *r, void *sk)
 {
 	if (r->nstates > 2 && r->states[2] == TCP_SYN_RECV)
 		read_tuple(sk, r, false); /* self or simultaneous: the addresses tell */
+	else if (last_state(r) == TCP_CLOSE)
+		read_ports(sk, r); /* a failed open with no local port: port_exhausted */
 	aggregate(r);
 }
 #else

@@ -54,7 +54,8 @@
 #define TT_OUT_TIMEOUT       3
 #define TT_OUT_UNREACHABLE   4
 #define TT_OUT_ABORTED       5
-#define TT_NOUTCOMES         6
+#define TT_OUT_PORT_EXHAUSTED 6
+#define TT_NOUTCOMES         7
 #define TT_NFAMILIES         2 /* 0: IPv4, 1: IPv6 */
 
 struct tcptrace_record {

@@ -47,6 +47,7 @@ class Outcome(str, Enum):
     TIMEOUT = "timeout"          # SYN / SYN-ACK retries exhausted
     UNREACHABLE = "unreachable"  # ICMP error ended the handshake
     ABORTED = "aborted"          # the application gave up (close, shutdown, disconnect)
+    PORT_EXHAUSTED = "port_exhausted"  # connect() found no free local port (EADDRNOTAVAIL)
 
 
 @dataclass(slots=True)
@@ -68,7 +69,7 @@ class OpenAttempt:
     pid: Optional[int]       # connect() caller; passive: the listener's owner
     comm: Optional[str]
     netns: int
-    errno: int = 0           # sk_err when it resolved, 0 if none
+    errno: int = 0           # sk_err when it resolved, 0 if none (port_exhausted: 99)
     cgroup: Optional[int] = None  # cgroup v2 id of that process
 
     def to_dict(self) -> dict:

@@ -151,6 +151,10 @@ class Classifier:
             return _ERR_OUTCOME[err]
         if err:
             return Outcome.UNREACHABLE  # EHOSTUNREACH, ENETUNREACH, ... (icmp_err_convert)
+        if not rst and not wrec.sport and len(wrec.states) == 3 and wrec.states[1] == S.SYN_SENT:
+            # connect() found no free local port: closed inside connect(), before a port was
+            # taken, so before any SYN (bpf/tcptrace.bpf.c open_outcome() says the same)
+            return Outcome.PORT_EXHAUSTED
         return Outcome.RESET if rst else Outcome.ABORTED
 
     def _attempt(self, wrec, path, outcome, duration, syn_rtx, synack_rtx) -> OpenAttempt:
@@ -165,7 +169,9 @@ class Classifier:
             dport=wrec.dport, states=names,
             duration_s=duration, syn_retransmits=syn_rtx, synack_retransmits=synack_rtx,
             pid=wrec.pid or None, comm=wrec.comm or None, netns=wrec.netns,
-            errno=wrec.sk_err, cgroup=wrec.cgroup_id or None)
+            # the kernel keeps no error for a port search that failed: connect() returned it
+            errno=errno.EADDRNOTAVAIL if outcome is Outcome.PORT_EXHAUSTED else wrec.sk_err,
+            cgroup=wrec.cgroup_id or None)
 
     def _keep(self, attempt: OpenAttempt) -> Optional[OpenAttempt]:
         if not self.match(attempt):

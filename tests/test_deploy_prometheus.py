@@ -18,6 +18,7 @@ import urllib.parse
 import pytest
 import yaml
 
+from tcptrace_bpf.model import OpenPath, Outcome
 from tests.background import ROOT, TOOL, Background, free_port
 from tests.conftest import require
 from tests.prometheus_server import PrometheusServer, http_get
@@ -295,8 +296,8 @@ def test_fleet_rule_expression_evaluates(prom, rule):
 
 def test_recorded_series_drop_instance_and_family(prom):
     opens = prom.query("job:tcptrace_handshakes:rate5m")
-    # the exporter serves every path x outcome x family; summed over family: 4 x 6
-    assert len(opens) == 24
+    # the exporter serves every path x outcome x family; summed over family: paths x outcomes
+    assert len(opens) == len(OpenPath) * len(Outcome)
     for s in opens:
         assert set(s["metric"]) == {"__name__", "job", "path", "outcome"}, s["metric"]
         assert float(s["value"][1]) == 0  # a replayed recording: counters flat from the start

@@ -264,6 +264,39 @@ table inet t {{ chain in {{ type filter hook input priority 0;
                               errno=errno.EHOSTUNREACH, states=["CLOSE", "SYN_SENT", "CLOSE"], **me())]}
 
 
+def port_exhausted(fam: int) -> dict:
+    """Two local ports for the whole namespace, both taken by connections to the listener:
+    a third connect() to it finds no free port (EADDRNOTAVAIL, before any SYN)."""
+    af, lo = (socket.AF_INET, LO4) if fam == 4 else (socket.AF_INET6, LO6)
+    with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:  # both families' range
+        f.write("40000 40001")
+    srv = socket.socket(af)
+    srv.bind((lo, 5000))  # outside the range, so the clients have both ports
+    srv.listen()
+    s = srv.getsockname()[:2]
+    out, held = [], []
+    for _ in range(2):
+        cli = socket.create_connection(s)
+        held += [cli, srv.accept()[0]]
+        c = cli.getsockname()[:2]
+        out += [expect(c, s, fam, "active", "established", syn_retransmits=0,
+                       states=["CLOSE", "SYN_SENT", "ESTABLISHED"], **me()),
+                expect(s, c, fam, "passive", "established", synack_retransmits=0,
+                       states=["LISTEN", "SYN_RECV", "ESTABLISHED"], **me())]
+    assert sorted(h.getsockname()[1] for h in held[::2]) == [40000, 40001]
+    third = socket.socket(af)
+    err = third.connect_ex(s)
+    assert err == errno.EADDRNOTAVAIL, err
+    assert third.getsockname()[1] == 0  # no port was ever taken
+    third.close()
+    # the address is the route's source, chosen before the port search failed
+    out.append(expect((lo, 0), s, fam, "active", "port_exhausted", errno=errno.EADDRNOTAVAIL,
+                      syn_retransmits=0, states=["CLOSE", "SYN_SENT", "CLOSE"], **me()))
+    for h in held + [srv]:
+        h.close()
+    return {"expect": out}
+
+
 def abort_syn_sent() -> dict:
     port = 9
     _drop_syns_to(port)
@@ -369,7 +402,8 @@ SCENARIOS = {
     "self4": lambda: self_connect(4), "self6": lambda: self_connect(6),
     "crossed4": lambda: crossed(4), "crossed6": lambda: crossed(6), "mapped": mapped,
     "refused": refused, "syn_timeout": syn_timeout, "unreachable": unreachable,
-    "abort_syn_sent": abort_syn_sent, "synack_loss": synack_loss, "burst": burst,
+    "abort_syn_sent": abort_syn_sent,
+    "port_exhausted4": lambda: port_exhausted(4), "port_exhausted6": lambda: port_exhausted(6), "synack_loss": synack_loss, "burst": burst,
     "refused_many": refused_many, "held_in_syn_sent": held_in_syn_sent,
     "stuck_syn_sent": stuck_syn_sent,
 }

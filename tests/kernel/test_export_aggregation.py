@@ -12,7 +12,7 @@ from .conftest import kernel_ready
 from .harness import run_scenario
 
 SCENARIOS = ["normal4", "normal6", "self4", "self6", "crossed4", "refused", "unreachable",
-             "abort_syn_sent", "syn_timeout"]
+             "abort_syn_sent", "syn_timeout", "port_exhausted4", "port_exhausted6"]
 
 
 def test_kernel_counts_equal_tracker_counts():

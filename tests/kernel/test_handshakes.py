@@ -16,7 +16,8 @@ def _check(tracer, name):
 
 
 @pytest.mark.parametrize("name", ["normal4", "normal6", "mapped", "self4", "self6", "crossed4",
-                                  "crossed6", "refused", "unreachable", "abort_syn_sent"])
+                                  "crossed6", "refused", "unreachable", "abort_syn_sent",
+                                  "port_exhausted4", "port_exhausted6"])
 def test_handshake(tracer, name):
     _check(tracer, name)
 

@@ -20,7 +20,7 @@ from .harness import run_scenario
 # every path, and each outcome the alerts watch, at rates above the alert thresholds;
 # held_in_syn_sent overflows --max-sockets 64, so lost events are real, not simulated
 SCENARIOS = ["normal4", "normal6", "self4", "crossed4", "refused_many", "syn_timeout",
-             "syn_timeout", "unreachable", "abort_syn_sent", "held_in_syn_sent"]
+             "syn_timeout", "unreachable", "abort_syn_sent", "port_exhausted4", "held_in_syn_sent"]
 
 
 class Exporter(Background):
@@ -75,7 +75,8 @@ def test_counts_reach_prometheus(stack):
     got = {(r["metric"]["path"], r["metric"]["outcome"]): float(r["value"][1])
            for r in prom.query("sum by (path, outcome) (tcptrace_handshakes_total)")}
     for key in [("self", "established"), ("simultaneous", "established"), ("active", "refused"),
-                ("active", "timeout"), ("active", "unreachable"), ("active", "aborted")]:
+                ("active", "timeout"), ("active", "unreachable"), ("active", "aborted"),
+                ("active", "port_exhausted")]:
         assert got[key] >= 1, key
     lost = prom.query('tcptrace_events_lost_total{reason="table_full"}')
     assert float(lost[0]["value"][1]) > 0
