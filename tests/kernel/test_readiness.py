@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from tcptrace_bpf.endpoint import NOT_TRACING_YET
+from tcptrace_bpf.model import OpenPath, Outcome
 
 from tests.test_http import get as http_get
 
@@ -97,7 +98,8 @@ def test_export_is_503_until_tracing_then_serves_and_counts():
         status, body = get(f"http://127.0.0.1:{exp.port}/metrics")
         assert status == 200
         families = {f.name: f for f in text_string_to_metric_families(body)}
-        assert len(families["tcptrace_handshakes"].samples) == 4 * 6 * 2
+        # every path x outcome x family, pre-set
+        assert len(families["tcptrace_handshakes"].samples) == len(OpenPath) * len(Outcome) * 2
         build = families["tcptrace_build_info"].samples[0]
         assert build.labels["backend"] == "tracepoint" and build.value == 1
         for name in ("tcptrace_handshake_duration_seconds", "tcptrace_syn_retransmits",
