@@ -14,15 +14,19 @@ SRC_PKG=${TCPTRACE_LINUX_SOURCE:-linux-source-6.12}
 SUITE=${TCPTRACE_SOURCE_SUITE:-trixie}
 log() { printf 'kernel-headers: %s\n' "$*" >&2; }
 
-if [ -e "/lib/modules/$KV/build/include/linux/kconfig.h" ]; then
+# The test tcptrace_bpf/loader.py kernel_headers() makes: Debian's split packages put only
+# include/{config,generated} under build/ (the rest is in build/../*-common, which bcc finds).
+if [ -d "/lib/modules/$KV/build/include" ]; then
   log "using /lib/modules/$KV/build"; exit 0
 fi
 if [ -e "$DEST/.ready" ]; then log "using $DEST"; exit 0; fi
-if apt-cache show "linux-headers-$KV" >/dev/null 2>&1; then
+# In the image (deploy/container/entrypoint.sh) a package would go into the container's own
+# throw-away root, never reaching the host: only a tree built into the cache helps there.
+if [ -z "${TCPTRACE_HEADERS_NO_INSTALL:-}" ] && apt-cache show "linux-headers-$KV" >/dev/null 2>&1; then
   "$(dirname "$0")/apt-install.sh" "linux-headers-$KV"
   exit 0
 fi
-[ -r /proc/config.gz ] || { log "no headers for $KV and no /proc/config.gz to build them from"; exit 1; }
+[ -r /proc/config.gz ] || { log "no headers for $KV and no /proc/config.gz to build them from: install the distribution's linux-headers-$KV on this host"; exit 1; }
 
 log "no headers packaged for $KV: building a tree from $SUITE's $SRC_PKG (about a minute)"
 "$(dirname "$0")/apt-install.sh" make gcc flex bison bc libelf-dev libssl-dev xz-utils ca-certificates

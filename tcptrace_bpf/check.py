@@ -58,8 +58,8 @@ def run() -> Report:
         r.add("privileges", "ok", " + ".join(need) + " effective")
     btf = _btf(r)
     if privileges.tracefs_denied():
-        r.add("tracefs", "fail", f"{TRACEPOINT.parent}: permission denied",
-              "run as root, or grant CAP_DAC_READ_SEARCH")
+        r.add("tracefs", "fail", f"{TRACEPOINT.parent}: permission denied (root's, mode 0700)",
+              "run as root, or grant CAP_DAC_READ_SEARCH too")
     elif not os.path.exists(TRACEPOINT):
         r.add("tracefs", "fail", f"{TRACEPOINT} not found (debugfs/tracefs not mounted)",
               "mount -t debugfs debugfs /sys/kernel/debug (scripts/mount-tracefs.sh)")

@@ -188,7 +188,8 @@ def cflags(backend: Backend, settings: Settings, offsets: list[str]) -> list[str
 
 def _kprobes_possible() -> Optional[str]:
     """Why kprobes cannot attach at all, or None. The kernel's own interfaces, not bcc's flags."""
-    # os.path.exists: a tracefs this user may not search is "cannot tell", not a traceback
+    # os.path.exists: a tracefs this user may not search reads as absent, not a traceback
+    # (the session refused such a user before this: privileges.cannot_trace)
     if not (os.path.exists("/sys/bus/event_source/devices/kprobe")
             or os.path.exists("/sys/kernel/tracing/kprobe_events")
             or os.path.exists("/sys/kernel/debug/tracing/kprobe_events")):

@@ -1,6 +1,6 @@
 """Which capabilities tracing needs, and which of them this process lacks.
 
-Measured on kernel 6.18 (tests/kernel/test_hard_edges.py runs the tracer under setpriv with
+Measured on kernel 6.18 (tests/kernel/test_operability.py runs the tracer under setpriv with
 exactly this set): as uid 0, CAP_BPF (load programs, create maps) and CAP_PERFMON (attach to
 tracepoints, read kernel memory) suffice. Kernels older than 5.8 have neither and need
 CAP_SYS_ADMIN. Optional: CAP_SYS_PTRACE lets the start-up /proc walk attribute listeners of
@@ -11,7 +11,10 @@ whose directories are root's, mode 0700."""
 
 from __future__ import annotations
 
-CAPS = {"CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+import errno
+
+CAPS = {"CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_SYS_PTRACE": 19,
+        "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
 
 
 def required() -> tuple[str, ...]:
@@ -37,30 +40,33 @@ def has(cap: str) -> bool:
 
 TRACEPOINT_FORMAT = ("/sys/kernel/debug/tracing/events/sock/inet_sock_set_state/format",
                      "/sys/kernel/tracing/events/sock/inet_sock_set_state/format")
+TRACEFS_DENIED = ("cannot read tracefs (root's, mode 0700): run as root, or grant "
+                  "CAP_DAC_READ_SEARCH too (README: Privileges)")
 
 
 def tracefs_denied() -> bool:
-    """True when tracefs is there but this process may not read it (not mounted is another
-    problem, which `check` names)."""
+    """True when tracefs is there but this user may not read it (EACCES at every place bcc
+    looks); not mounted, or refused for another reason, is not this problem."""
+    denied = False
     for path in TRACEPOINT_FORMAT:
         try:
             with open(path, "rb"):
                 return False
-        except PermissionError:
-            return True
-        except OSError:
-            continue
-    return False
+        except OSError as exc:
+            denied = denied or exc.errno == errno.EACCES
+    return denied
 
 
 def missing() -> str:
     """'' when every required capability is effective, else one line saying what to do."""
     need = required()
     lack = [c for c in need if not has(c)]
-    if lack and not has("CAP_SYS_ADMIN"):
-        return (f"missing {', '.join(lack)}: run as root, or grant {' + '.join(need)} "
-                "(README: Privileges)")
-    if tracefs_denied():
-        return ("cannot read tracefs (root's, mode 0700): run as root, or grant "
-                "CAP_DAC_READ_SEARCH too (README: Privileges)")
-    return ""
+    if not lack or has("CAP_SYS_ADMIN"):
+        return ""
+    return (f"missing {', '.join(lack)}: run as root, or grant {' + '.join(need)} "
+            "(README: Privileges)")
+
+
+def cannot_trace() -> str:
+    """'' when this process may load, attach and read tracefs, else why not, in one line."""
+    return missing() or (TRACEFS_DENIED if tracefs_denied() else "")

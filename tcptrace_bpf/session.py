@@ -76,9 +76,9 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
         raw: Optional[Sink] = None) -> RunSummary:
     """Trace until the deadline or a signal. `sink` gets the tracker's opens (and probe
     events); `raw`, if given, every wire record as it left the ring buffer (`record`)."""
-    missing = privileges.missing()
-    if missing:
-        raise LoaderError(missing)
+    why = privileges.cannot_trace()
+    if why:
+        raise LoaderError(why)
     with Signals() as signals, BpfPrograms.start(opts.attach, opts.settings) as tracer:
         tracker = Classifier(epoch_offset(), opts.match)
         feed = tracker.feed_bytes

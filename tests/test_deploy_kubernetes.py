@@ -18,7 +18,7 @@ import pytest
 import typer.main
 import yaml
 
-from tcptrace_bpf import __version__, cli, endpoint, loader
+from tcptrace_bpf import __version__, cli, endpoint, loader, privileges
 from tests.conftest import require
 
 DIR = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
@@ -151,6 +151,9 @@ def test_podmonitor_structure(pod, container, ds):
     for r in ep.get("relabelings", []):
         assert set(r) <= {"sourceLabels", "targetLabel", "action", "regex", "replacement"}, r
         assert all(s.startswith("__meta_kubernetes_pod_") for s in r.get("sourceLabels", []))
+    # instance = node name, as the pod-discovery scrape config sets it
+    targets = {r["targetLabel"]: r["sourceLabels"] for r in ep["relabelings"]}
+    assert targets["instance"] == ["__meta_kubernetes_pod_node_name"]
 
 
 # --- consistency between the files and with the tool ----------------------------------------
@@ -219,9 +222,11 @@ def test_least_privilege(pod, container):
     sc = container["securityContext"]
     assert sc["capabilities"]["drop"] == ["ALL"]
     add = sc["capabilities"]["add"]
-    assert sorted(add) == ["BPF", "PERFMON"], add
-    assert {f"CAP_{c}" for c in add} == {"CAP_BPF", "CAP_PERFMON"}
-    assert sc["runAsUser"] == 0  # the tool needs uid 0 besides the two capabilities
+    # exactly what the tool asks for (privileges.required(): CAP_BPF + CAP_PERFMON on 5.8+)
+    assert sorted(f"CAP_{c}" for c in add) == sorted(privileges.required()), add
+    # uid 0: Kubernetes gives a non-root uid no ambient capabilities, and as another user the
+    # tool would also need CAP_DAC_READ_SEARCH for tracefs (deploy/systemd measures that)
+    assert sc["runAsUser"] == 0
     assert sc["privileged"] is False
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True

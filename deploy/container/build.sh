@@ -3,6 +3,7 @@
 # base image from a registry. mmdebstrap makes a trixie root (trixie ships bcc, typer and
 # prometheus-client in versions the project accepts, so nothing comes from PyPI), the
 # project's wheel is unpacked into it, and `podman import` turns the tarball into an image.
+# (Building that wheel fetches setuptools, a build tool, from PyPI; nothing of it is in the image.)
 # Prints the image name on stdout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -11,8 +12,8 @@ log() { printf 'image: %s\n' "$*" >&2; }
 [ "$(id -u)" -eq 0 ] || { log "must run as root (mmdebstrap --mode=root, podman)"; exit 1; }
 
 "$repo/scripts/apt-install.sh" mmdebstrap debian-archive-keyring podman runc
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/pyproject.toml")
-image=${TCPTRACE_IMAGE:-localhost/tcptrace-bpf:$version}
+image=$("$here/image-name.sh")
+version=${image##*:}
 mirror=$("$repo/scripts/debian-mirror.sh")
 work=$(mktemp -d /var/tmp/tcptrace-image.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -22,7 +23,7 @@ trap 'rm -rf "$work"' EXIT
   -w "$work" "$repo" >&2
 wheel=$(ls "$work"/tcptrace_bpf-*.whl)
 
-# Same commit, same tarball: file times come from the commit being built.
+# File times come from the commit being built, not the build's clock.
 SOURCE_DATE_EPOCH=$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)
 export SOURCE_DATE_EPOCH
 install_hook='set -e
@@ -43,6 +44,7 @@ mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
 
 # Debian's site dir for /usr/local is dist-packages under python3.X; a version-free path plus
 # PYTHONPATH keeps the image independent of trixie's Python minor version.
+previous=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 podman import --quiet \
   --change 'ENV PYTHONPATH=/usr/local/lib/python3/dist-packages' \
   --change 'ENV TCPTRACE_HEADERS_ROOT=/var/cache/tcptrace-bpf/kernel-headers' \
@@ -51,5 +53,9 @@ podman import --quiet \
   --change 'EXPOSE 9725/tcp' \
   --change "LABEL org.opencontainers.image.title=tcptrace-bpf org.opencontainers.image.version=$version" \
   "$work/root.tar" "$image" >/dev/null
+# the tag moved to the new image: the old one would stay behind, 366 MB each build
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$image")" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || log "kept the previous image $previous (in use)"
+fi
 log "built $image ($(podman image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}'))"
 echo "$image"

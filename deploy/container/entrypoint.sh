@@ -5,6 +5,6 @@
 # tcptrace-bpf's own command line, run with only the capabilities the container was given.
 set -e
 if [ "${1:-}" = headers ]; then
-  exec /usr/local/lib/tcptrace-bpf/kernel-headers.sh
+  TCPTRACE_HEADERS_NO_INSTALL=1 exec /usr/local/lib/tcptrace-bpf/kernel-headers.sh
 fi
 exec python3 -m tcptrace_bpf.cli "$@"

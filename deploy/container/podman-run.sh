@@ -4,7 +4,7 @@
 #   --cap-drop all --cap-add CAP_BPF,CAP_PERFMON  load programs and maps; attach, read kernel memory
 #   seccomp: the runtime's default profile plus bpf (with CAP_BPF) and perf_event_open (with
 #            CAP_PERFMON) - deploy/container/seccomp.py; older profiles grant them only with SYS_ADMIN
-#   /sys/kernel/debug   tracepoint ids (bcc reads debugfs/tracing); the container's own sysfs
+#   /sys/kernel/debug (ro)  tracepoint ids (bcc reads debugfs/tracing); the container's own sysfs
 #                       already has /sys/kernel/btf
 #   headers cache (ro)  a tree for bcc on hosts without packaged headers (`headers` builds it)
 #   /lib/modules, /usr/src (ro, if the host has them)  the distro's own headers
@@ -13,8 +13,7 @@
 # (a host's own needs, such as --ulimit: scripts/image-test.sh says when).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$here/../../pyproject.toml")
-image=${TCPTRACE_IMAGE:-localhost/tcptrace-bpf:$version}
+image=$("$here/image-name.sh")
 cache=${TCPTRACE_HEADERS_ROOT:-/var/cache/tcptrace-bpf/kernel-headers}
 
 opts=() args=()
@@ -27,7 +26,7 @@ profile=/run/tcptrace-bpf/seccomp.json
 mkdir -p "$(dirname "$profile")" "$cache"
 python3 "$here/seccomp.py" > "$profile.tmp" && mv "$profile.tmp" "$profile"
 
-mounts=(-v /sys/kernel/debug:/sys/kernel/debug -v "$cache:/var/cache/tcptrace-bpf/kernel-headers:ro")
+mounts=(-v /sys/kernel/debug:/sys/kernel/debug:ro -v "$cache:/var/cache/tcptrace-bpf/kernel-headers:ro")
 for d in /lib/modules /usr/src; do [ -d "$d" ] && mounts+=(-v "$d:$d:ro"); done
 
 # shellcheck disable=SC2086  # the PODMAN_*_OPTS are lists of words

@@ -20,6 +20,7 @@ import sys
 import time
 
 LO4, LO6 = "127.0.0.1", "::1"
+REFUSED_MANY = 10  # refused_many's opens: tests count them exactly
 
 
 def sh(*cmd: str, stdin: str | None = None) -> str:
@@ -362,7 +363,7 @@ def burst(count: int = 1200) -> dict:
     return {"count": count, "clients_ok": ok, "accepted": len(accepted)}
 
 
-def refused_many(count: int = 10) -> dict:
+def refused_many(count: int = REFUSED_MANY) -> dict:
     return {"results": [refused() for _ in range(count)]}
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from tcptrace_bpf.buckets import buckets_from_sysctls
 from tests.background import ROOT, free_port
 from tests.conftest import require
 
@@ -40,6 +41,7 @@ ACCEPTED_EXPOSURES = {
     "IPAddressDeny": "loopback is allowed: the endpoint's default address",
     "PrivateUsers": "capabilities inside a user namespace do not let it load BPF",
     "DeviceAllow": "ProtectClock= itself lets the RTC be read",
+    "ProcSubset": "it would hide /proc/sys, where the histogram's bucket bounds come from",
 }
 
 ESTABLISHED = 'tcptrace_handshakes_total{{family="4",outcome="established",path="{}"}}'
@@ -91,7 +93,7 @@ def test_exec_start_serves_and_counts_under_the_units_user_capabilities_and_sand
         mounts = {mp: (opts[0], fs) for mp, opts, fs in mount_table(run.proc.pid)}
         assert mounts["/"][0] == "ro" and mounts["/tmp"] == ("rw", "tmpfs"), mounts
         assert mounts["/sys/kernel/tracing"][0] == "ro", mounts  # read-only is enough
-        # ProtectKernelTunables=/ProcSubset= hide it; bcc reads it for kprobes only
+        # ProtectKernelTunables= hides it; bcc reads it for kprobes only
         kallsyms = Path(f"/proc/{run.proc.pid}/root/proc/kallsyms")  # as the service sees it
         assert not kallsyms.exists() or kallsyms.stat().st_mode & 0o777 == 0
 
@@ -99,6 +101,13 @@ def test_exec_start_serves_and_counts_under_the_units_user_capabilities_and_sand
         base = f"http://127.0.0.1:{run.port}/metrics"
         code, body = get(base)
         assert code == 200, body
+        # the histogram's bounds come from /proc/sys: the sandbox must leave it readable
+        # (ProcSubset=pid would not, and the tool would silently use the defaults)
+        sysctl = Path(f"/proc/{run.proc.pid}/root/proc/sys/net/ipv4/tcp_syn_retries")
+        assert sysctl.read_text().strip(), "the service cannot read /proc/sys"
+        bounds = {float(b) for b in re.findall(
+            r'tcptrace_handshake_duration_seconds_bucket\{[^}]*le="([^"+]+)"', body)}
+        assert bounds == set(buckets_from_sysctls()), sorted(bounds)
         before = {end: sample(body, ESTABLISHED.format(end)) for end in ("active", "passive")}
         loopback_handshake()
         end = time.monotonic() + 10  # counted in the kernel at the tracepoint: at once
