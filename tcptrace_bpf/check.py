@@ -14,7 +14,7 @@ from pathlib import Path
 from . import loader, privileges
 from .btf import BTF, BTFError, VMLINUX_BTF
 
-TRACEPOINT = Path("/sys/kernel/debug/tracing/events/sock/inet_sock_set_state")
+TRACEPOINT = Path(privileges.TRACEPOINT_FORMAT[0]).parent  # bcc's debugfs path
 SETUP = "run `make setup` (or scripts/setup.sh) as root"
 # The programs' own includes: the offsets bcc would compile in without BTF.
 _INCLUDES = ("net/sock.h", "net/inet_sock.h", "net/request_sock.h", "linux/tcp.h", "net/tcp.h")

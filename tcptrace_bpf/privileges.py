@@ -34,6 +34,11 @@ def effective() -> int:
     return 0
 
 
+def mask(caps) -> int:
+    """The capability set (as /proc/PID/status prints it, in hex) holding exactly `caps`."""
+    return sum(1 << CAPS[c] for c in caps)
+
+
 def has(cap: str) -> bool:
     return bool(effective() >> CAPS[cap] & 1)
 

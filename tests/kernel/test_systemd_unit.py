@@ -15,14 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+from tcptrace_bpf import privileges
 from tcptrace_bpf.buckets import buckets_from_sysctls
 from tests.background import ROOT, free_port
 from tests.conftest import require
 
 from .conftest import START_TIMEOUT, kernel_ready
 from .test_readiness import get, poll_until_ready, sample
-from .unit_sandbox import (INSTALLED_TOOL, UNIT, _under, boolean, cap_mask, emulated, last,
-                           mount_table, plan, sandboxed, service, words)
+from .unit_sandbox import (INSTALLED_TOOL, UNIT, boolean, emulated, last, mount_table, plan,
+                           sandboxed, service, under, words)
 
 # `systemd-analyze security --offline` of the unit as committed; lower is better. Raise it only
 # with a reason: a rise means a protection went.
@@ -86,9 +87,9 @@ def test_exec_start_serves_and_counts_under_the_units_user_capabilities_and_sand
         # the process the emulation made is the one the unit describes
         st = status(run.proc.pid)
         assert st["Uid"].split() == [str(p["uid"])] * 4 and st["Gid"].split() == [str(p["uid"])] * 4
-        ambient = cap_mask(p["ambient"])
+        ambient = privileges.mask(p["ambient"])
         assert int(st["CapEff"], 16) == int(st["CapAmb"], 16) == ambient, st
-        assert int(st["CapBnd"], 16) == cap_mask(p["bounding"]), st
+        assert int(st["CapBnd"], 16) == privileges.mask(p["bounding"]), st
         assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
         mounts = {mp: (opts[0], fs) for mp, opts, fs in mount_table(run.proc.pid)}
         assert mounts["/"][0] == "ro" and mounts["/tmp"] == ("rw", "tmpfs"), mounts
@@ -200,12 +201,12 @@ def test_the_emulation_enforces_what_the_unit_says(tmp_path):
     if p["private_tmp"]:
         # empty, but for a kept checkout (a CI clone under /tmp)
         kept = sorted({Path(k).relative_to("/tmp").parts[0] for k in p["keep"]
-                       if _under(k, "/tmp")})
+                       if under(k, "/tmp")})
         assert got["tmp"] == kept, got["tmp"]
     if p["protect_home"] == "yes":
         # empty and mode 000 (listable with CAP_DAC_READ_SEARCH), but for a kept checkout
         kept = sorted({Path(k).relative_to("/root").parts[0] for k in p["keep"]
-                       if _under(k, "/root")})
+                       if under(k, "/root")})
         assert got["root"] in (kept, "EACCES"), got["root"]
     assert got["nice"] == ("EPERM" if "setpriority" not in s["calls"] else "ok")  # ~@resources
     assert got["userns"] == ("EPERM" if s["restrict_namespaces"] else "ok")

@@ -19,7 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tcptrace_bpf.privileges import CAPS
 from tests.background import ROOT, Background, free_port
 
 UNIT = ROOT / "deploy/systemd/tcptrace-bpf.service"
@@ -122,10 +121,6 @@ def syscall_filter(svc: dict, groups: dict[str, list[str]]) -> tuple[bool, set[s
 
 def setpriv_caps(names: list[str]) -> str:
     return ",".join(["-all"] + [f"+{n.removeprefix('CAP_').lower()}" for n in names])
-
-
-def cap_mask(names: list[str]) -> int:
-    return sum(1 << CAPS[n] for n in names)
 
 
 def dynamic_uid() -> int:
@@ -242,7 +237,7 @@ def mount_table(pid: int | str = "self") -> list[tuple[str, list[str], str]]:
     return rows
 
 
-def _under(path: str, top: str) -> bool:
+def under(path: str, top: str) -> bool:
     return top == "/" or path == top or path.startswith(top.rstrip("/") + "/")
 
 
@@ -251,7 +246,7 @@ def _read_only(top: str, skip: tuple = ()) -> None:
     if top != "/" and not any(mp == top for mp, _, _ in mount_table()):
         _mount(top, top, None, MS_BIND | MS_REC)
     for mp, opts, _ in mount_table():
-        if _under(mp, top) and not any(_under(mp, s) for s in skip):
+        if under(mp, top) and not any(under(mp, s) for s in skip):
             kept = sum(f for o, f in (("nosuid", MS_NOSUID), ("nodev", MS_NODEV),
                                       ("noexec", MS_NOEXEC)) if o in opts)
             _mount(None, mp, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
@@ -295,7 +290,7 @@ def _apply_mounts(p: dict) -> None:
     _mount("/dev", held / "dev", None, MS_BIND | MS_REC)
     keep = []
     for i, path in enumerate(p["keep"]):
-        if p["protect_home"] != "no" and any(_under(path, h) for h in p["home"]):
+        if p["protect_home"] != "no" and any(under(path, h) for h in p["home"]):
             (held / f"keep{i}").mkdir()
             _mount(path, held / f"keep{i}", None, MS_BIND | MS_REC)
             keep.append((held / f"keep{i}", path))
@@ -311,7 +306,7 @@ def _apply_mounts(p: dict) -> None:
         _private_dev(held / "dev")
     home = p["protect_home"]
     for top in p["home"] if home not in ("no", "false") else []:
-        kept = [(src, dst) for src, dst in keep if _under(dst, top)]
+        kept = [(src, dst) for src, dst in keep if under(dst, top)]
         if home == "read-only":
             _read_only(top)
         elif kept or home == "tmpfs":
@@ -345,7 +340,7 @@ def _apply_mounts(p: dict) -> None:
         # a stand-in install under /tmp (a CI clone) stays reachable, as one in /opt would:
         # held by an O_PATH descriptor across the cover, bound back through /proc/self/fd
         held_tmp = [(os.open(path, os.O_PATH), path) for path in p["keep"]
-                    if any(_under(path, d) for d in TMP_DIRS)]
+                    if any(under(path, d) for d in TMP_DIRS)]
         for d in TMP_DIRS:
             _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
         for fd, path in held_tmp:
