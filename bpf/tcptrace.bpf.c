@@ -79,6 +79,17 @@ static __always_inline void count(int idx)
 		(*v)++;
 }
 
+/* Listener side (see struct tcptrace_listener). A listening socket is tracked from listen()
+ * on, or from its first packet (listeners older than the tracer). */
+#ifndef MAX_LISTEN_SOCKS
+#define MAX_LISTEN_SOCKS 4096
+#endif
+#ifndef MAX_LISTEN_PORTS
+#define MAX_LISTEN_PORTS 4096
+#endif
+BPF_HASH(listen_socks, u64, struct tcptrace_listener, MAX_LISTEN_SOCKS);
+BPF_HASH(listen_ports, u32, struct tcptrace_listen_counts, MAX_LISTEN_PORTS);
+
 /* the state an open's entry last saw */
 static __always_inline u8 last_state(struct tcptrace_record *r)
 {
@@ -103,6 +114,7 @@ static __always_inline u8 last_state(struct tcptrace_record *r)
 BPF_PERCPU_ARRAY(agg_handshakes, u64, TT_NPATHS * TT_NOUTCOMES * TT_NFAMILIES);
 BPF_PERCPU_ARRAY(agg_rtx, u64, TT_NPATHS + 1);
 BPF_PERCPU_ARRAY(agg_duration, u64, TT_NPATHS * TT_NFAMILIES * TT_HIST_STRIDE);
+BPF_PERCPU_ARRAY(agg_flagged, u64, TT_NPATHS * TT_NOPENFLAGS);
 
 static __always_inline int open_path(struct tcptrace_record *r)
 {
@@ -173,8 +185,16 @@ static __always_inline void aggregate(struct tcptrace_record *r)
 		idx = TT_NPATHS;
 		bump(agg_rtx.lookup(&idx), r->synack_retrans);
 	}
-	if (outcome != TT_OUT_ESTABLISHED)
-		return;
+	if (r->open_flags & TT_OF_FASTOPEN) {
+		idx = path * TT_NOPENFLAGS;
+		bump(agg_flagged.lookup(&idx), 1);
+	}
+	if (r->open_flags & TT_OF_SYNCOOKIE) {
+		idx = path * TT_NOPENFLAGS + 1;
+		bump(agg_flagged.lookup(&idx), 1);
+	}
+	if (outcome != TT_OUT_ESTABLISHED || (r->open_flags & TT_OF_SYNCOOKIE))
+		return; /* a cookie-born child has no SYN-ACK send time: no duration */
 	if (path == TT_PATH_PASSIVE && r->passive_us)
 		d = (u64)r->passive_us * 1000;
 	else if (r->start_ns)
@@ -373,12 +393,363 @@ static __always_inline void mode_resolve(struct tcptrace_record *r, void *sk)
 }
 #endif
 
-/* CLOSE > LISTEN runs in listen()'s process context: remember who owns the port. */
+/* ---------------------------------------------------------------- listener side
+ * What the kernel does with a segment that reaches a listening socket happens under no
+ * tracepoint: a SYN dropped in tcp_conn_request() (SYN queue or accept queue full) is freed
+ * with consume_skb like an accepted one, and a cookie is sent without an event. So each such
+ * segment is bracketed, on its CPU (segment processing at a listener runs to the end in one
+ * softirq):
+ *   open   cgroup_skb ingress (tt_listen_ingress), which runs in tcp_filter() on the listener
+ *          before any queue check: the listener, its sk_drops, and for a SYN the kernel's own
+ *          predicates of tcp_conn_request() on the queues as they are now
+ *   close  consume_skb / kfree_skb of the same skb: sk_drops moved means the kernel counted a
+ *          ListenDrop for it (tcp_listendrop()); the predicates name why
+ *   child  a LISTEN > SYN_RECV inside the bracket is born of that segment: of a SYN, Fast
+ *          Open; of an ACK that matched no request socket, a SYN cookie
+ * Exact while no other CPU works on the same listener at the same time; when one does, the
+ * reason is still the predicate's, and TT_STAT_LISTEN_DROP_INFERRED counts it. */
+#define TT_PKT_SYN 1
+#define TT_PKT_ACK 2
+
+struct listen_pkt {
+	u64 skb;          /* 0: no bracket open on this CPU */
+	u64 listener;
+	u32 drops_before; /* the listener's sk_drops at the open */
+	u16 rport;        /* the peer's port: the child's dport */
+	u8  kind;         /* TT_PKT_* */
+	u8  reason;       /* SYN: TT_DROP_* the kernel's predicates give, TT_NDROPS if none */
+	u8  want_cookie;  /* SYN: the kernel will answer with a cookie */
+	u8  cookie;       /* ACK: no request socket matched: the kernel checks it as a cookie */
+	u8  contended;
+	u8  _pad;
+};
+BPF_PERCPU_ARRAY(listen_pkt, struct listen_pkt, 1);
+
+static __always_inline void add(u64 *slot, u64 by)
+{
+	if (slot)
+		__sync_fetch_and_add(slot, by);
+}
+
+/* Count for the listener and for its port (port 0: the port map was full). */
+static __always_inline void listen_count(struct tcptrace_listener *l, int what)
+{
+	u32 port = l->port;
+	struct tcptrace_listen_counts zero = {}, *p;
+
+	p = listen_ports.lookup_or_try_init(&port, &zero);
+	if (!p) {
+		count(TT_STAT_LISTEN_PORT_FULL);
+		port = 0;
+		p = listen_ports.lookup_or_try_init(&port, &zero);
+	}
+	/* an if-chain: no jump tables in BPF; what < TT_NDROPS is a drop reason */
+	if (what < TT_NDROPS) {
+		add(&l->c.drops[what], 1);
+		if (p)
+			add(&p->drops[what], 1);
+	} else if (what == TT_NDROPS) {
+		add(&l->c.syncookies_sent, 1);
+		if (p)
+			add(&p->syncookies_sent, 1);
+	} else if (what == TT_NDROPS + 1) {
+		add(&l->c.synack_retransmits, 1);
+		if (p)
+			add(&p->synack_retransmits, 1);
+	} else {
+		add(&l->c.passive_opens, 1);
+		if (p)
+			add(&p->passive_opens, 1);
+	}
+}
+#define TT_COUNT_COOKIE  TT_NDROPS
+#define TT_COUNT_SYNACK  (TT_NDROPS + 1)
+#define TT_COUNT_CHILD   (TT_NDROPS + 2)
+
+/* The listener's entry; created from the socket itself for a listener older than the tracer
+ * (its owner, when known, from the owners table: listeners older than the tracer). */
+static __always_inline struct tcptrace_listener *listener_of(u64 key)
+{
+	struct tcptrace_listener *l = listen_socks.lookup(&key), n = {};
+	void *sk = (void *)key;
+
+	if (l && !l->port) /* listen() without bind(): the port is picked after CLOSE > LISTEN */
+		TT_READ(l->port, sk, OFF_SKC_NUM);
+	if (l || !key)
+		return l;
+	TT_READ(n.family, sk, OFF_SKC_FAMILY);
+	TT_READ(n.port, sk, OFF_SKC_NUM);
+	n.netns = netns_of(sk);
+	if (n.family == AF_INET6)
+		TT_READ(n.addr, sk, OFF_SKC_V6_RCV_SADDR);
+	else
+		bpf_probe_read_kernel(n.addr, 4, (char *)sk + OFF_SKC_RCV_SADDR);
+	if (mode_attributes()) {
+		struct tcptrace_listener_key k = {.netns = n.netns, .port = n.port};
+		struct tcptrace_owner *o = listeners.lookup(&k);
+		if (o) {
+			n.pid = o->pid;
+			n.cgroup_id = o->cgroup_id;
+			__builtin_memcpy(n.comm, o->comm, sizeof(n.comm));
+		}
+	}
+	if (listen_socks.insert(&key, &n) && !listen_socks.lookup(&key)) {
+		count(TT_STAT_LISTENER_TABLE_FULL);
+		return NULL;
+	}
+	return listen_socks.lookup(&key);
+}
+
+static __always_inline u32 sk_drops(u64 sk)
+{
+	u32 v = 0;
+	TT_READ(v, (void *)sk, OFF_SK_DROPS);
+	return v;
+}
+
+/* The order of tcp_conn_request(): SYN queue full (or tcp_syncookies=2) sends a cookie, or
+ * without cookies drops; then a full accept queue drops. Full is ">" for both queues. */
+static __always_inline void predict_syn(u64 sk, struct listen_pkt *b)
+{
+	u32 backlog = 0, max = 0, qlen = 0;
+	u8 cookies = 0;
+	void *net = tt_sock_net((void *)sk);
+
+	TT_READ(backlog, (void *)sk, OFF_SK_ACK_BACKLOG);
+	TT_READ(max, (void *)sk, OFF_SK_MAX_ACK_BACKLOG);
+	TT_READ(qlen, (void *)sk, OFF_ICSK_SYN_QLEN);
+	if (net)
+		TT_READ(cookies, net, OFF_NET_SYNCOOKIES);
+	b->reason = TT_NDROPS;
+	b->want_cookie = 0;
+	if (cookies == 2 || qlen > max) {
+		if (!cookies) {
+			b->reason = TT_DROP_SYN_QUEUE;
+			return;
+		}
+		b->want_cookie = 1;
+	}
+	if (backlog > max)
+		b->reason = TT_DROP_ACCEPT_QUEUE;
+}
+
+/* A pointer the verifier types (ctx, bpf_sock) as a plain number: through the stack. */
+static __always_inline u64 as_addr(void *p)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), &p);
+	return v;
+}
+
+/* Whether an ACK to listener `sk` matches a request socket (the normal final ACK) or not
+ * (the kernel will check it as a SYN cookie): the same lookup the kernel just did. */
+static __always_inline bool matches_request(struct __sk_buff *skb, bool v6, u32 thoff)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *s;
+	bool req = false;
+	u32 size;
+
+	if (v6) {
+		if (bpf_skb_load_bytes(skb, 8, t.ipv6.saddr, 32) ||
+		    bpf_skb_load_bytes(skb, thoff, &t.ipv6.sport, 4))
+			return true; /* unreadable: assume the common case */
+		size = sizeof(t.ipv6);
+	} else {
+		if (bpf_skb_load_bytes(skb, 12, &t.ipv4.saddr, 8) ||
+		    bpf_skb_load_bytes(skb, thoff, &t.ipv4.sport, 4))
+			return true;
+		size = sizeof(t.ipv4);
+	}
+	s = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!s)
+		return false;
+	req = s->state == BPF_TCP_NEW_SYN_RECV;
+	bpf_sk_release(s);
+	return req;
+}
+
+/* cgroup_skb ingress at the cgroup2 root: every packet on the host that has a socket. It
+ * always returns 1 (pass): it only looks. */
+int tt_listen_ingress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	struct listen_pkt *b;
+	struct tcptrace_listener *l;
+	u32 zero = 0, thoff = 0;
+	u16 rport = 0;
+	u8 b0 = 0, proto = 0, flags = 0;
+	bool v6;
+
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->state != BPF_TCP_LISTEN || sk->protocol != IPPROTO_TCP)
+		return 1;
+	v6 = skb->protocol == bpf_htons(ETH_P_IPV6);
+	if (v6) {
+		if (bpf_skb_load_bytes(skb, 6, &proto, 1))
+			return 1;
+		thoff = 40;
+	} else {
+		if (bpf_skb_load_bytes(skb, 0, &b0, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1))
+			return 1;
+		thoff = (b0 & 0xf) * 4;
+	}
+	if (proto != IPPROTO_TCP || bpf_skb_load_bytes(skb, thoff + 13, &flags, 1) ||
+	    bpf_skb_load_bytes(skb, thoff, &rport, 2))
+		return 1;
+	b = listen_pkt.lookup(&zero);
+	if (!b)
+		return 1;
+	if (b->skb && b->kind == TT_PKT_SYN) {
+		/* the last SYN bracket on this CPU never closed: its SYN was freed another way.
+		 * (An ACK's often does not: its data is queued to the child.) */
+		count(TT_STAT_LISTEN_UNCLOSED);
+		if ((l = listen_socks.lookup(&b->listener)))
+			__sync_fetch_and_add(&l->inflight, -1);
+	}
+	b->skb = 0;
+	if (flags & TT_RST)
+		return 1;
+	b->listener = as_addr(sk);
+	l = listener_of(b->listener);
+	if (!l)
+		return 1;
+	b->rport = ntohs(rport);
+	b->drops_before = sk_drops(b->listener);
+	if ((flags & (TT_SYN | TT_ACK)) == TT_SYN) {
+		b->kind = TT_PKT_SYN;
+		b->cookie = 0;
+		/* (atomics without their result: BPF has them on every kernel we run on) */
+		__sync_fetch_and_add(&l->inflight, 1);
+		b->contended = l->inflight > 1;
+		predict_syn(b->listener, b);
+	} else if ((flags & (TT_SYN | TT_ACK)) == TT_ACK) {
+		b->kind = TT_PKT_ACK;
+		b->contended = 0;
+		b->cookie = !matches_request(skb, v6, thoff);
+	} else {
+		return 1;
+	}
+	b->skb = as_addr(skb);
+	return 1;
+}
+
+/* The bracket's segment was freed: consumed (a SYN handled or dropped in tcp_conn_request,
+ * both alike) or dropped with a reason. */
+static __always_inline void on_skb_freed(u64 skb, int reason)
+{
+	u32 zero = 0, now;
+	struct listen_pkt *b = listen_pkt.lookup(&zero);
+	struct tcptrace_listener *l;
+
+	if (!b || !b->skb || b->skb != skb)
+		return;
+	b->skb = 0;
+	l = listen_socks.lookup(&b->listener);
+	if (!l)
+		return;
+	now = sk_drops(b->listener);
+	if (b->kind == TT_PKT_SYN) {
+		if (b->contended || l->inflight > 1)
+			count(TT_STAT_LISTEN_DROP_INFERRED);
+		__sync_fetch_and_add(&l->inflight, -1);
+		if (now != b->drops_before)
+			listen_count(l, b->reason < TT_NDROPS ? b->reason : TT_DROP_OTHER);
+		else if (b->want_cookie)
+			listen_count(l, TT_COUNT_COOKIE);
+		return;
+	}
+	/* An ACK the listener dropped: no child could be made for it. TCP_LISTEN_OVERFLOW is
+	 * what tcp_check_req() says for every such failure of the final ACK; NO_SOCKET what
+	 * cookie_v4/v6_check() say. Only the ones tcp_listendrop() counted (sk_drops moved) are
+	 * ListenDrops; the accept queue, read now, says whether it was the overflow. */
+	if ((reason == TT_REASON_LISTEN_OVERFLOW || (reason == TT_REASON_NO_SOCKET && b->cookie)) &&
+	    now != b->drops_before) {
+		u32 backlog = 0, max = 0;
+		TT_READ(backlog, (void *)b->listener, OFF_SK_ACK_BACKLOG);
+		TT_READ(max, (void *)b->listener, OFF_SK_MAX_ACK_BACKLOG);
+		listen_count(l, backlog > max ? TT_DROP_ACCEPT_QUEUE : TT_DROP_OTHER);
+	}
+}
+
+/* A passive child is being born (LISTEN > SYN_RECV): of the segment in this CPU's bracket. */
+static __always_inline u8 child_flags(void *child)
+{
+	u32 zero = 0;
+	u16 dport = 0;
+	struct listen_pkt *b = listen_pkt.lookup(&zero);
+	struct tcptrace_listener *l;
+
+	if (!b || !b->skb)
+		return 0;
+	TT_READ(dport, child, OFF_SKC_DPORT);
+	if (ntohs(dport) != b->rport)
+		return 0; /* not this segment's child: a bracket that never closed */
+	l = listen_socks.lookup(&b->listener);
+	if (l)
+		listen_count(l, TT_COUNT_CHILD);
+	if (b->kind == TT_PKT_SYN)
+		return TT_OF_FASTOPEN;
+	return b->cookie ? TT_OF_SYNCOOKIE : 0;
+}
+
+RAW_TRACEPOINT_PROBE(consume_skb) /* (struct sk_buff *skb, void *location) */
+{
+	on_skb_freed(ctx->args[0], 0);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(kfree_skb) /* (skb, location, enum skb_drop_reason reason[, rx_sk]) */
+{
+	on_skb_freed(ctx->args[0], (int)ctx->args[2]);
+	return 0;
+}
+
+/* Run on request by the collector (BPF_PROG_TEST_RUN, args[0]: a listener's address): the
+ * queue figures now, read without a lock as inet_diag (ss) reads them. */
+int tt_listener_snapshot(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 key = ctx->args[0];
+	struct tcptrace_listener *l = listen_socks.lookup(&key);
+	void *sk = (void *)key;
+	u8 state = 0;
+
+	if (!l)
+		return 0;
+	TT_READ(state, sk, OFF_SKC_STATE);
+	l->snapshot_ok = state == TCP_LISTEN;
+	if (!l->snapshot_ok)
+		return 0;
+	TT_READ(l->accept_queue, sk, OFF_SK_ACK_BACKLOG);
+	TT_READ(l->accept_queue_max, sk, OFF_SK_MAX_ACK_BACKLOG);
+	TT_READ(l->syn_queue, sk, OFF_ICSK_SYN_QLEN);
+	return 1;
+}
+
+/* CLOSE > LISTEN runs in listen()'s process context: remember who owns the port, and track
+ * the listening socket. LISTEN > CLOSE: the collector reports it once more, then deletes it. */
 static __always_inline void on_listen(void *sk, bool start)
 {
 	struct tcptrace_listener_key k = {};
 	struct tcptrace_owner o = {};
+	struct tcptrace_listener *l;
+	u64 key = (u64)sk;
 
+	if (!start) {
+		l = listen_socks.lookup(&key);
+		if (l)
+			l->closed = 1;
+	} else {
+		listen_socks.delete(&key); /* a socket address reused: a new listener */
+		l = listener_of(key);
+		if (l) {
+			l->pid = bpf_get_current_pid_tgid() >> 32;
+			l->cgroup_id = bpf_get_current_cgroup_id();
+			bpf_get_current_comm(&l->comm, sizeof(l->comm));
+		}
+	}
 	if (!mode_attributes())
 		return;
 	listener_key(sk, &k);
@@ -476,6 +847,8 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 		r = begin(key, sk, old, now);
 		emit_event(sk, TT_PROBE_STATE, old, new);
 		if (r) {
+			if (old == TCP_LISTEN)
+				r->open_flags = child_flags(sk);
 			push_state(r, new);
 			if (TT_DUAL)
 				r->flags |= TT_F_DUP_PENDING;
@@ -521,8 +894,15 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 	}
 	if (old == TCP_SYN_SENT) {
 		u32 total = 0;
+		u64 acked = 0;
 		TT_READ(total, sk, OFF_TCP_TOTAL_RETRANS);
 		r->syn_retrans = total;
+		/* tcp_ack() of the SYN-ACK ran before this change: bytes_acked counts the SYN
+		 * (1) and any SYN data the peer took, the only data that can be acknowledged yet
+		 * (the kernel's syn_data_acked is set only after this change) */
+		TT_READ(acked, sk, OFF_TCP_BYTES_ACKED);
+		if (new == TCP_ESTABLISHED && acked > 1)
+			r->open_flags |= TT_OF_FASTOPEN;
 	}
 	push_state(r, new);
 	r->ts_ns = now;
@@ -641,6 +1021,18 @@ RAW_TRACEPOINT_PROBE(tcp_destroy_sock) /* (struct sock *sk) */
 
 RAW_TRACEPOINT_PROBE(tcp_retransmit_synack) /* (const struct sock *sk, const struct request_sock *req) */
 {
+	u64 listener = 0;
+	struct tcptrace_listener *l;
+	/* sk is the listener, or for Fast Open the child: the request knows its listener */
+	u8 state = 0;
+
+	TT_READ(listener, (void *)ctx->args[1], OFF_REQ_RSK_LISTENER);
+	if (!listener)
+		listener = ctx->args[0];
+	TT_READ(state, (void *)listener, OFF_SKC_STATE);
+	l = state == TCP_LISTEN ? listener_of(listener) : NULL;
+	if (l)
+		listen_count(l, TT_COUNT_SYNACK);
 	on_req_synack_rtx((void *)ctx->args[0], (void *)ctx->args[1]);
 	return 0;
 }

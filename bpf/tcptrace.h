@@ -7,7 +7,7 @@
 #ifndef TCPTRACE_H
 #define TCPTRACE_H
 
-#define TCPTRACE_WIRE_VERSION 2 /* 2: cgroup_id added after skaddr */
+#define TCPTRACE_WIRE_VERSION 3 /* 2: cgroup_id added after skaddr; 3: open_flags */
 #define TCPTRACE_MAX_STATES 8
 #define TCPTRACE_COMM_LEN 16
 
@@ -32,13 +32,25 @@
 #define TT_F_REPAIRED      0x20 /* a state change no program ran for was put back: from the next
                                  * change's old state, or read from the socket at destruction */
 
+/* open_flags: what the handshake carried (issue 12's "flags") */
+#define TT_OF_FASTOPEN  0x01 /* active: the peer acknowledged data sent in the SYN; passive: the
+                              * child was created by the SYN itself (Fast Open) */
+#define TT_OF_SYNCOOKIE 0x02 /* passive: the child was rebuilt from a valid SYN cookie */
+#define TT_NOPENFLAGS   2    /* export counters: agg_flagged[path * TT_NOPENFLAGS + bit] */
+
 /* kernel-side loss counters (stats map index) */
 #define TT_STAT_RINGBUF_FULL  0 /* ring buffer reserve failed: a record was lost */
 #define TT_STAT_TABLE_FULL    1 /* per-socket table full: an open was not tracked */
 #define TT_STAT_STALE_ENTRY   2 /* an unresolved entry was replaced by a new open */
 #define TT_STAT_UNKNOWN_TRANSITION 3 /* export mode: an open whose path has no name */
 #define TT_STAT_MISSED_STATE_CHANGE 4 /* a state change no program ran for (repaired: TT_F_REPAIRED) */
-#define TT_STAT_MAX           5
+#define TT_STAT_LISTEN_DROP_INFERRED 5 /* a listener's SYN bracket overlapped another CPU's: its
+                                    * drop reason (or cookie) is inferred, not observed alone */
+#define TT_STAT_LISTENER_TABLE_FULL 6 /* a listening socket could not be tracked */
+#define TT_STAT_LISTEN_PORT_FULL 7 /* per-port counters full: counted under port 0 ("other") */
+#define TT_STAT_LISTEN_UNCLOSED 8 /* a listener segment's bracket was never closed (its skb
+                                   * freed without consume_skb/kfree_skb): not classified */
+#define TT_STAT_MAX           9
 
 /* Export mode (TCPTRACE_AGGREGATE): each resolved open is classified in the kernel and
  * counted in per-CPU arrays (bpf/tcptrace.bpf.c, "export mode") instead of crossing the ring buffer.
@@ -81,7 +93,8 @@ struct tcptrace_record {
 	__u8  synack_retrans; /* SYN-ACKs re-sent (SYN_RECV, or the request socket) */
 	__u8  states[TCPTRACE_MAX_STATES]; /* TCP states, oldest first */
 	__u8  synack_budget;  /* request records: SYN-ACK re-sends the kernel allows */
-	__u8  _pad[6];
+	__u8  open_flags;     /* TT_OF_*: how the handshake itself went */
+	__u8  _pad[5];
 	char  comm[TCPTRACE_COMM_LEN];
 };
 
@@ -99,6 +112,41 @@ struct tcptrace_owner {
 	__u32 pid;
 	char  comm[TCPTRACE_COMM_LEN];
 	__u8  _pad[4];
+};
+
+/* Listener side (issue 12). What a listening socket dropped and sent, counted in the kernel
+ * per socket (map listen_socks, key: the socket's address) and per local port (listen_ports,
+ * key: port; 0 collects ports that found the map full). The queue figures are read on
+ * request by the snapshot program (tt_listener_snapshot), as ss reads them. */
+#define TT_DROP_ACCEPT_QUEUE 0 /* accept queue full: at SYN time, or the final (or cookie) ACK */
+#define TT_DROP_SYN_QUEUE    1 /* SYN queue full and no SYN cookies */
+#define TT_DROP_OTHER        2 /* the kernel counted a ListenDrop for another reason */
+#define TT_NDROPS            3
+
+struct tcptrace_listen_counts {
+	__u64 drops[TT_NDROPS];
+	__u64 syncookies_sent;
+	__u64 synack_retransmits;
+	__u64 passive_opens;      /* children born (LISTEN > SYN_RECV) */
+};
+
+struct tcptrace_listener {
+	struct tcptrace_listen_counts c;
+	__u64 cgroup_id;
+	__u8  addr[16];           /* bound address; IPv4 uses the first 4 bytes */
+	__u32 netns;
+	__u32 pid;                /* owner: who called listen(), 0 if before tracing */
+	__u32 accept_queue;       /* snapshot: sk_ack_backlog */
+	__u32 accept_queue_max;   /* snapshot: sk_max_ack_backlog */
+	__u32 syn_queue;          /* snapshot: icsk_accept_queue.qlen */
+	__u32 inflight;           /* SYN brackets open on this listener (all CPUs) */
+	__u16 port;
+	__u16 family;
+	__u8  closed;             /* LISTEN > CLOSE seen: the collector reports it once more, then
+	                           * deletes it */
+	__u8  snapshot_ok;        /* the queue figures were read */
+	__u8  _pad[2];
+	char  comm[TCPTRACE_COMM_LEN];
 };
 
 #endif

@@ -52,6 +52,7 @@ class BTF:
         self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
         self._types: list[_Type | None] = [None]  # type id 0 is void
         self._by_name: dict[str, int] = {}
+        self._enums: dict[str, int] = {}
         self._index()
 
     @classmethod
@@ -76,6 +77,8 @@ class BTF:
             self._types.append(t)
             if kind in (_STRUCT, _UNION) and t.name and t.name not in self._by_name:
                 self._by_name[t.name] = tid
+            if kind == _ENUM and t.name and t.name not in self._enums:
+                self._enums[t.name] = tid
             fixed, per = _EXTRA.get(kind, (0, 0))
             pos += 12 + fixed + per * vlen
 
@@ -124,6 +127,19 @@ class BTF:
             total += bits // 8
             tid = self._resolve(mtype)
         return total
+
+    def enum_value(self, enum_name: str, member: str) -> int:
+        """A named constant of an enum, e.g. ("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET"):
+        the numbers move between kernel versions."""
+        try:
+            t = self._types[self._enums[enum_name]]
+        except KeyError:
+            raise BTFError(f"enum {enum_name} not in BTF") from None
+        for i in range(t.vlen):
+            name_off, value = struct.unpack_from("<Ii", self._types_blob, t.pos + 12 + 8 * i)
+            if self._str(name_off) == member:
+                return value
+        raise BTFError(f"enum {enum_name} has no {member}")
 
     def sizeof(self, struct_name: str) -> int:
         return self._types[self.struct_id(struct_name)].size_or_type

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import bpfsys
 from .btf import BTF, BTFError, VMLINUX_BTF
 from .ringbuf import RingReader
 from .summary import KERNEL_STATS, LossReason
@@ -52,6 +53,18 @@ OFFSETS = {
     "OFF_TCB_TCP_FLAGS": ("tcp_skb_cb", "tcp_flags"),
     "OFF_REQ_NUM_RETRANS": ("request_sock", "num_retrans"),
     "OFF_TREQ_SNT_SYNACK": ("tcp_request_sock", "snt_synack"),
+    # listener side
+    "OFF_SK_DROPS": ("sock", "sk_drops"),
+    "OFF_SK_ACK_BACKLOG": ("sock", "sk_ack_backlog"),
+    "OFF_SK_MAX_ACK_BACKLOG": ("sock", "sk_max_ack_backlog"),
+    "OFF_ICSK_SYN_QLEN": ("inet_connection_sock", "icsk_accept_queue.qlen"),
+    "OFF_NET_SYNCOOKIES": ("net", "ipv4.sysctl_tcp_syncookies"),
+    "OFF_REQ_RSK_LISTENER": ("request_sock", "__req_common.skc_listener"),
+}
+# -D name -> (enum, member): kernel constants whose numbers move between versions
+ENUMS = {
+    "TT_REASON_LISTEN_OVERFLOW": ("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW"),
+    "TT_REASON_NO_SOCKET": ("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET"),
 }
 # Fields some kernels lack: given only when BTF has them; the C has an "absent" default.
 OPTIONAL_OFFSETS = {"OFF_TCP_TOTAL_RTO_TIME": ("tcp_sock", "total_rto_time")}
@@ -117,11 +130,12 @@ class Capabilities:
     headers: str                 # where bcc's kernel headers come from
     trials: list[BackendTrial] = field(default_factory=list)  # in the order tried
     forced: bool = False         # --attach named the backend: nothing was chosen
+    listener_side: str = ""      # where the listener programs attached, or why they did not
 
     def describe(self) -> str:
         why = "forced" if self.forced or not self.trials else "; ".join(map(str, self.trials))
         return (f"backend {self.backend.value} ({why}); struct offsets from "
-                f"{self.offsets_from}; headers {self.headers}")
+                f"{self.offsets_from}; headers {self.headers}; listeners {self.listener_side}")
 
 
 def import_bcc():
@@ -153,11 +167,13 @@ def offset_cflags(btf_path: Path = VMLINUX_BTF) -> tuple[list[str], str]:
     """-D flags with every struct offset: from BTF, or without BTF the offsetof() the kernel
     headers give (optional fields then stay absent: the headers may lack them)."""
     if not btf_path.exists():
-        return ([f"-D{name}=offsetof(struct {s}, {m})" for name, (s, m) in OFFSETS.items()],
+        return ([f"-D{name}=offsetof(struct {s}, {m})" for name, (s, m) in OFFSETS.items()]
+                + [f"-D{name}={m}" for name, (_, m) in ENUMS.items()],
                 "kernel headers (no BTF)")
     try:
         btf = BTF.from_file(btf_path)
         flags = [f"-D{name}={btf.offsetof(s, m)}" for name, (s, m) in OFFSETS.items()]
+        flags += [f"-D{name}={btf.enum_value(e, m)}" for name, (e, m) in ENUMS.items()]
         for name, (s, m) in OPTIONAL_OFFSETS.items():
             try:
                 flags.append(f"-D{name}={btf.offsetof(s, m)}")
@@ -227,6 +243,49 @@ class BpfPrograms:
         self.bpf, self.caps, self.ring_size = bpf, caps, ring_size
         self._ring = None
         self.half_open_expired = 0  # table entries dropped by expire_half_open()
+        self._ingress_link = -1     # the cgroup_skb link: closing it detaches
+        self._snapshot_fd = -1
+
+    def _attach_listener_side(self, bcc) -> str:
+        """The listener-side programs beyond the autoloaded tracepoints: cgroup_skb ingress
+        at the cgroup v2 root (every socket of every namespace below it) as a link, and the
+        queue snapshot program. Returns where, for Capabilities.listener_side; a failure
+        leaves the rest of the tracer working and says why."""
+        try:
+            root = bpfsys.cgroup2_root()
+            ingress = self.bpf.load_func(b"tt_listen_ingress", bcc.BPF.CGROUP_SKB)
+            self._snapshot_fd = self.bpf.load_func(b"tt_listener_snapshot",
+                                                   bcc.BPF.RAW_TRACEPOINT).fd
+            self._ingress_link = bpfsys.link_cgroup(ingress.fd, root)
+        except Exception as exc:  # bcc raises bare Exception for a refused load
+            return f"off ({first_line(exc)})"
+        return f"cgroup_skb ingress at {root}"
+
+    @property
+    def listener_side(self) -> bool:
+        return self._ingress_link >= 0
+
+    def listeners(self) -> list[tuple[int, object]]:
+        """(socket address, struct tcptrace_listener as ctypes) for every tracked listener,
+        its queue figures read now (the snapshot program, once per listener)."""
+        table, out = self.bpf["listen_socks"], []
+        for key in list(table.keys()):
+            if self._snapshot_fd >= 0:
+                bpfsys.run_raw_tp(self._snapshot_fd, key.value)
+            try:
+                out.append((key.value, table[key]))
+            except KeyError:
+                pass  # deleted meanwhile: a new listener at the address, seen next time
+        return out
+
+    def forget_listener(self, addr: int) -> None:
+        with contextlib.suppress(KeyError):
+            del self.bpf["listen_socks"][ctypes.c_uint64(addr)]
+
+    def listen_ports(self) -> dict[int, object]:
+        """Per local port counters (struct tcptrace_listen_counts); port 0: ports the map
+        had no room for."""
+        return {k.value: v for k, v in self.bpf["listen_ports"].items()}
 
     @classmethod
     def start(cls, attach: str = "auto", settings: Settings = Settings()) -> "BpfPrograms":
@@ -249,9 +308,11 @@ class BpfPrograms:
                 trials.append(BackendTrial(backend, False, said() or first_line(exc)))
                 continue
             trials.append(BackendTrial(backend, True))
-            return cls(bpf, Capabilities(backend, offsets_from, headers, trials,
-                                         forced=attach != "auto"),
-                       settings.ringbuf_pages * mmap.PAGESIZE)
+            progs = cls(bpf, Capabilities(backend, offsets_from, headers, trials,
+                                          forced=attach != "auto"),
+                        settings.ringbuf_pages * mmap.PAGESIZE)
+            progs.caps.listener_side = progs._attach_listener_side(bcc)
+            return progs
         raise NoBackendError(trials)
 
     def open_ring(self, on_record: Callable[[bytes], None]) -> None:
@@ -291,7 +352,7 @@ class BpfPrograms:
         """Export mode's kernel counters, summed over CPUs (layout: wire.handshake_index,
         wire.duration_index; "rtx" is SYNs per path, then SYN-ACKs)."""
         out = {}
-        for name in ("handshakes", "rtx", "duration"):
+        for name in ("handshakes", "rtx", "duration", "flagged"):
             table = self.bpf[f"agg_{name}"]
             values = [0] * len(table)
             for key, per_cpu in table.items():
@@ -347,6 +408,9 @@ class BpfPrograms:
         return type("tcptrace_record", (ctypes.Structure,), {"_fields_": fields})
 
     def close(self) -> None:
+        if self._ingress_link >= 0:
+            os.close(self._ingress_link)
+            self._ingress_link = -1
         if isinstance(self._ring, RingReader):
             self._ring.close()
             self._ring = None

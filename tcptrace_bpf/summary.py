@@ -21,6 +21,12 @@ class LossReason(str, Enum):
     STALE_ENTRY = "stale_entry"
     UNKNOWN_TRANSITION = "unknown_transition"   # also the tracker's, for a record it cannot name
     MISSED_STATE_CHANGE = "missed_state_change"  # no program ran for it: repaired (TT_F_REPAIRED)
+    # listener side: a SYN whose bracket overlapped another CPU's on the same listener (its
+    # drop reason or cookie is the kernel's predicate read a moment apart: inferred, counted)
+    LISTEN_DROP_INFERRED = "listen_drop_inferred"
+    LISTENER_TABLE_FULL = "listener_table_full"  # a listening socket was not tracked
+    LISTEN_PORT_FULL = "listen_port_full"        # a port's counters went to port "other"
+    LISTEN_UNCLOSED = "listen_unclosed"          # a SYN at a listener left unclassified
     # kernel table entries the session's sweep dropped (loader.BpfPrograms.expire_half_open)
     HALF_OPEN_EXPIRED = "half_open_expired"
     # collector side (tracker.py)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .model import OpenPath, Outcome
 
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 MAX_STATES = 8
 COMM_LEN = 16
 AF_INET, AF_INET6 = 2, 10
@@ -23,8 +23,15 @@ KIND_OPEN, KIND_REQ_SYNACK_RTX, KIND_EVENT = 1, 2, 3
 PROBE_STATE, PROBE_RST_IN, PROBE_SYN_IN, PROBE_SYNACK_OUT, PROBE_DESTROY = 1, 2, 3, 4, 5
 F_RST_IN, F_SYN_IN, F_SYNACK_OUT, F_NO_START, F_DESTROYED = 0x01, 0x02, 0x04, 0x08, 0x10
 F_REPAIRED = 0x20
+OF_FASTOPEN, OF_SYNCOOKIE = 0x01, 0x02  # open_flags (TT_OF_*)
+NOPENFLAGS = 2
+OPEN_FLAG_NAMES = ("fastopen", "syncookie")  # bit i, and agg_flagged's index within a path
 STAT_NAMES = ("ringbuf_full", "table_full", "stale_entry", "unknown_transition",  # TT_STAT_*
-              "missed_state_change")
+              "missed_state_change", "listen_drop_inferred", "listener_table_full",
+              "listen_port_full", "listen_unclosed")
+# Listener side (struct tcptrace_listen_counts): drops[TT_DROP_*] reasons, in index order
+DROP_ACCEPT_QUEUE, DROP_SYN_QUEUE, DROP_OTHER, NDROPS = 0, 1, 2, 3
+DROP_REASONS = ("accept_queue_full", "syn_queue_full", "other")
 
 # Export mode's kernel counters (bpf/tcptrace.bpf.c, "export mode"): the index orders of
 # TT_PATH_* and TT_OUT_* are the member orders of model's OpenPath and Outcome; family index 0
@@ -43,17 +50,20 @@ def duration_index(path: int, family: int, nbuckets: int) -> int:
     return (path * len(AGG_FAMILIES) + family) * (nbuckets + 2)
 
 # struct tcptrace_record, field for field (little-endian, no implicit padding)
-_FORMAT = f"<QQQQ16s16sIIIHHHBBBBBBB{MAX_STATES}sB6x{COMM_LEN}s"
+_FORMAT = f"<QQQQ16s16sIIIHHHBBBBBBB{MAX_STATES}sBB5x{COMM_LEN}s"
 RECORD = struct.Struct(_FORMAT)
 RECORD_SIZE = RECORD.size  # 120
 FIELDS = ("ts_ns", "start_ns", "skaddr", "cgroup_id", "saddr", "daddr", "netns", "pid",
           "passive_us", "sport", "dport", "family", "kind", "probe", "nstates", "flags",
-          "sk_err", "syn_retrans", "synack_retrans", "states", "synack_budget", "comm")
+          "sk_err", "syn_retrans", "synack_retrans", "states", "synack_budget", "open_flags",
+          "comm")
 
 # Older layouts still read (recordings outlive versions): version -> (struct, fields).
 _LAYOUTS = {
     1: (struct.Struct("<QQQ16s16sIIIHHHBBBBBBB8sB6x16s"),
-        tuple(f for f in FIELDS if f != "cgroup_id")),
+        tuple(f for f in FIELDS if f not in ("cgroup_id", "open_flags"))),
+    2: (struct.Struct("<QQQQ16s16sIIIHHHBBBBBBB8sB6x16s"),
+        tuple(f for f in FIELDS if f != "open_flags")),
     WIRE_VERSION: (RECORD, FIELDS),
 }
 SUPPORTED_VERSIONS = tuple(sorted(_LAYOUTS))
@@ -96,6 +106,7 @@ class WireRecord:
     synack_budget: int
     passive_us: int
     probe: int
+    open_flags: int = 0
 
 
 _ADDR_CACHE: dict[bytes, str] = {}  # hosts talk to few addresses; formatting one is slow
@@ -125,7 +136,7 @@ def decode(buf: bytes, version: int = WIRE_VERSION) -> WireRecord:
             raise DecodeError(f"record of {len(buf)} bytes, expected {RECORD_SIZE}")
         (ts_ns, start_ns, skaddr, cgroup_id, saddr, daddr, netns, pid, passive_us, sport,
          dport, family, kind, probe, nstates, flags, sk_err, syn_retrans, synack_retrans,
-         states, synack_budget, comm) = layout.unpack_from(buf)
+         states, synack_budget, open_flags, comm) = layout.unpack_from(buf)
     else:
         record_size(version)  # raises for a version this build does not read
         layout, fields = _LAYOUTS[version]
@@ -133,9 +144,10 @@ def decode(buf: bytes, version: int = WIRE_VERSION) -> WireRecord:
             raise DecodeError(f"record of {len(buf)} bytes, expected {layout.size}")
         v = dict(zip(fields, layout.unpack_from(buf)))
         v.setdefault("cgroup_id", 0)
+        v.setdefault("open_flags", 0)
         (ts_ns, start_ns, skaddr, cgroup_id, saddr, daddr, netns, pid, passive_us, sport,
          dport, family, kind, probe, nstates, flags, sk_err, syn_retrans, synack_retrans,
-         states, synack_budget, comm) = (v[f] for f in FIELDS)
+         states, synack_budget, open_flags, comm) = (v[f] for f in FIELDS)
     if kind not in _KINDS:
         raise DecodeError(f"unknown record kind {kind}")
     if family != AF_INET and family != AF_INET6:
@@ -148,7 +160,7 @@ def decode(buf: bytes, version: int = WIRE_VERSION) -> WireRecord:
         _addr(saddr, v4), sport, _addr(daddr, v4), dport, netns, pid,
         comm.split(b"\0", 1)[0].decode(errors="replace"),
         tuple(states[:nstates]), flags, sk_err, syn_retrans, synack_retrans, synack_budget,
-        passive_us, probe)
+        passive_us, probe, open_flags)
 
 
 PROBE_NAMES = {PROBE_STATE: "state", PROBE_RST_IN: "rst_in", PROBE_SYN_IN: "syn_in",

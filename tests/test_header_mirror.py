@@ -88,6 +88,28 @@ def test_kinds_probes_and_flags(prefix):
     assert _wire_group(prefix) == _group("TT_" + prefix)
 
 
+def test_open_flags_and_drop_reasons():
+    """open_flags bits (TT_OF_*) and the listener drop reasons (TT_DROP_*), in index order."""
+    bits = _group("TT_OF_")
+    assert _wire_group("OF_") == bits
+    assert [bits[n.upper()] for n in wire.OPEN_FLAG_NAMES] == [1 << i for i in range(len(bits))]
+    assert wire.NOPENFLAGS == DEFINES["TT_NOPENFLAGS"] == len(bits)
+    drops = _group("TT_DROP_")
+    assert drops == _wire_group("DROP_")
+    assert wire.NDROPS == DEFINES["TT_NDROPS"] == len(wire.DROP_REASONS) == len(drops)
+    by_index = sorted(drops, key=drops.get)
+    # the metric's reason label: the queue's name and "_full", or "other"
+    assert list(wire.DROP_REASONS) == [n.lower() + ("" if n == "OTHER" else "_full")
+                                       for n in by_index]
+
+
+def test_listener_structs_are_what_the_loader_reads():
+    """The collector reads struct tcptrace_listener through bcc's own view of it; every
+    counter of struct tcptrace_listen_counts is one the collector names."""
+    counts = [f for _, f, _ in _struct_fields("tcptrace_listen_counts")]
+    assert counts == ["drops", "syncookies_sent", "synack_retransmits", "passive_opens"]
+
+
 def test_every_probe_has_a_name():
     assert set(wire.PROBE_NAMES) == set(_group("TT_PROBE_").values())
     for name, value in _group("TT_PROBE_").items():
@@ -133,4 +155,5 @@ def test_without_btf_the_offsets_are_the_headers_offsetof(tmp_path):
     flags, source = loader.offset_cflags(tmp_path / "no-btf")
     assert source == "kernel headers (no BTF)"
     assert flags == [f"-D{name}=offsetof(struct {s}, {m})"
-                     for name, (s, m) in loader.OFFSETS.items()]
+                     for name, (s, m) in loader.OFFSETS.items()] + [
+                     f"-D{name}={m}" for name, (_, m) in loader.ENUMS.items()]

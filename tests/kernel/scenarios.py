@@ -19,6 +19,11 @@ import subprocess
 import sys
 import time
 
+if __package__:
+    from .listener_oracle import mib, mib_delta, ss_listeners
+else:  # run as a script, or imported with tests/kernel on sys.path
+    from listener_oracle import mib, mib_delta, ss_listeners
+
 LO4, LO6 = "127.0.0.1", "::1"
 REFUSED_MANY = 10  # refused_many's opens: tests count them exactly
 
@@ -398,6 +403,289 @@ def stuck_syn_sent(hold: float = 4.0) -> dict:
     return {"held": hold}
 
 
+# ------------------------------------------------------------------------ listener side
+# Each returns the namespace's TcpExt change over the scenario ("mib"), every listener's ss row
+# ("listeners") and the clients' own view ("expect"), all read while the sockets are still
+# open; finish() then closes them. Kernel paths: docs/design/listener-side.md.
+TCPI_OPT_SYN_DATA = 32  # tcpi_options: data in the SYN was acked (client) or taken (server)
+_PRINTED = False  # finish() printed the result already (TCPTRACE_HOLD)
+
+
+def _listener(lo: str, backlog: int, **sockopts: int) -> socket.socket:
+    srv = socket.socket(socket.AF_INET6 if ":" in lo else socket.AF_INET)
+    if lo == "::":  # dual-stack
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    for opt, value in sockopts.items():
+        srv.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+    srv.bind((lo, 0))
+    srv.listen(backlog)
+    return srv
+
+
+def _until(done, what: str, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def _connect(addr: tuple, wait: float = 0.05) -> socket.socket:
+    """A non-blocking connect(), then up to `wait` s for its outcome: clients go one at a
+    time, so each SYN meets the queues its predecessors left (loopback answers in µs)."""
+    c = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
+    c.setblocking(False)
+    assert c.connect_ex(addr) == errno.EINPROGRESS
+    select.select([], [c], [], wait)
+    return c
+
+
+def _wait_done(clients: list, timeout: float = 10.0) -> list[int]:
+    """Each client's connect() errno (SO_ERROR), once every one has connected or failed."""
+    pending, deadline = list(clients), time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        _, ready, _ = select.select([], pending, [], max(0.0, deadline - time.monotonic()))
+        pending = [s for s in pending if s not in ready]
+    assert not pending, f"{len(pending)} clients still connecting"
+    return [c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for c in clients]
+
+
+def _no_requests() -> bool:
+    """ss lists request sockets as SYN-RECV: the SYN queues are empty when it lists none."""
+    return not sh("ss", "-tnH", "state", "syn-recv").strip()
+
+
+def _hold_acks(port: int) -> None:
+    """Drop the final ACK (and any data, which acks too) on its way to `port`: the
+    handshakes stay request sockets in the SYN queue. On input, so the clients send them."""
+    nft(f"""flush ruleset
+table inet hold {{ chain in {{ type filter hook input priority 0;
+  tcp dport {port} tcp flags & (syn|ack|fin|rst) == ack counter drop comment "acks_held"
+  }}
+}}""")
+
+
+def _freeze(port: int) -> None:
+    """Stop every packet to and from `port` for good, so the listener's figures stop moving
+    (request sockets left would re-send SYN-ACKs, clients re-send data, each arrival another
+    overflow). The SYN-ACKs are dropped on output: a failed send counts no retransmit."""
+    nft(f"""flush ruleset
+table inet freeze {{
+  chain in {{ type filter hook input priority 0; tcp dport {port} drop; }}
+  chain out {{ type filter hook output priority 0; tcp sport {port} drop; }}
+}}""")
+
+
+def _recv_errno(c: socket.socket) -> int:
+    """0 while the connection stands (nothing to read), else its error: ECONNRESET."""
+    try:
+        c.recv(1, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return 0
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def _client_expect(clients: list, errs: list[int], srv_name: tuple, fam: int, **extra) -> list:
+    """The clients' opens as the kernel ended them: connected, or SO_ERROR's errno. A failed
+    client's getsockname() keeps only the port; on loopback its address is the server's."""
+    out = []
+    for c, err in zip(clients, errs):
+        name = c.getsockname()[:2] if not err else (srv_name[0], c.getsockname()[1])
+        outcome = {0: "established", errno.ETIMEDOUT: "timeout"}[err]
+        out.append(expect(name, srv_name, fam, "active", outcome, **extra, **me()))
+    return out
+
+
+def finish(before: dict, listeners: list[tuple[str, socket.socket]], others: list,
+           **result) -> dict:
+    """Read the MIB change since `before` and each listener's ss row while everything is
+    open. With TCPTRACE_HOLD set, print the result now and keep the sockets open until stdin
+    closes: a test looks at the live listeners meanwhile. Then close them all."""
+    global _PRINTED
+    rows, rec = ss_listeners(), []
+    for label, srv in listeners:
+        fam, (addr, port) = (6 if srv.family == socket.AF_INET6 else 4), srv.getsockname()[:2]
+        row = [r for r in rows if r["family"] == fam and r["port"] == port]
+        assert len(row) == 1, (label, rows)
+        rec.append({"label": label, "family": fam, "addr": addr, "port": port, "ss": row[0]})
+    result.update(mib=mib_delta(before, mib()), listeners=rec)
+    if os.environ.get("TCPTRACE_HOLD"):
+        emit(result)
+        _PRINTED = True
+        sys.stdin.read()
+    for s in others + [srv for _, srv in listeners]:
+        s.close()
+    return result
+
+
+def acceptq_syn(clients: int = 8) -> dict:
+    """listen(1), never accept(): two children fill the accept queue (full is backlog + 1),
+    then every SYN, re-sends included, is dropped at the listener (ListenOverflows and
+    ListenDrops, sk_drops +1 each) until the clients time out (tcp_syn_retries=1)."""
+    before = mib()
+    srv = _listener(LO4, 1)
+    cs = [_connect(srv.getsockname()) for _ in range(clients)]
+    errs = _wait_done(cs)
+    return finish(before, [("overflow", srv)], cs,
+                  expect=_client_expect(cs, errs, srv.getsockname(), 4))
+
+
+def acceptq_ack(abort: int, clients: int = 6) -> dict:
+    """The accept queue overflows when the final ACK arrives: six handshakes wait in the SYN
+    queue (their ACKs held by nft) under listen(8); listen(1) then shrinks the accept queue
+    to two, and each client sends a byte, which completes its handshake. The first two
+    become children; the other four meet a full queue in tcp_v4_syn_recv_sock
+    (ListenOverflows, ListenDrops, sk_drops +2: the skb is freed as TCP_LISTEN_OVERFLOW).
+    tcp_abort_on_overflow=0 keeps those requests (marked acked); =1 answers with a RST, which
+    the client reads as ECONNRESET. Then _freeze(): the clients' re-sent bytes would
+    overflow again."""
+    before = mib()
+    srv = _listener(LO4, 8)
+    port = srv.getsockname()[1]
+    _hold_acks(port)
+    cs = [_connect(srv.getsockname()) for _ in range(clients)]
+    assert _wait_done(cs) == [0] * clients  # the client side is established at the SYN-ACK
+    srv.listen(1)  # on a listener only changes the backlog
+    sh("nft", "delete", "table", "inet", "hold")
+
+    def handled() -> int:  # each byte either made a child or overflowed
+        row = next(r for r in ss_listeners() if r["port"] == port)
+        return row["accept_queue"] + mib_delta(before, mib()).get("ListenOverflows", 0)
+
+    for i, c in enumerate(cs, 1):
+        c.send(b"x")
+        _until(lambda: handled() == i, f"client {i}'s byte")  # one at a time, like _connect
+    _freeze(port)
+    exp = _client_expect(cs, [0] * clients, srv.getsockname(), 4)
+    return finish(before, [("overflow", srv)], cs, expect=exp,
+                  clients=[{"sport": e["sport"], "recv_errno": _recv_errno(c)}
+                           for e, c in zip(exp, cs)])
+
+
+def synq_full(clients: int = 8) -> dict:
+    """No syncookies, listen(2), final ACKs held: three requests fill the SYN queue (full is
+    qlen > backlog) and every further SYN, re-sends included, is dropped (TCPReqQFullDrop,
+    ListenDrops, sk_drops +1 each) until those clients time out. tcp_synack_retries=1: the
+    requests re-send their SYN-ACK once and expire at 3 s, with the clients' timeouts."""
+    before = mib()
+    srv = _listener(LO4, 2)
+    _hold_acks(srv.getsockname()[1])
+    cs = [_connect(srv.getsockname()) for _ in range(clients)]
+    errs = _wait_done(cs)
+    _until(_no_requests, "the requests to expire")
+    return finish(before, [("synq", srv)], cs,
+                  expect=_client_expect(cs, errs, srv.getsockname(), 4))
+
+
+def cookies_always(clients: int = 3) -> dict:
+    """tcp_syncookies=2: every SYN is answered with a cookie and no request socket; each
+    final ACK is checked as a cookie (SyncookiesRecv) and makes the child."""
+    before = mib()
+    srv = _listener(LO4, 8)
+    cs, children = [], []
+    for _ in range(clients):
+        cs.append(socket.create_connection(srv.getsockname()))
+        children.append(srv.accept()[0])
+    s = srv.getsockname()
+    exp = [expect(c.getsockname(), s, 4, "active", "established", **me()) for c in cs]
+    exp += [expect(s, c.getsockname(), 4, "passive", "established", **me()) for c in cs]
+    return finish(before, [("cookies", srv)], cs + children, expect=exp)
+
+
+def cookies_overflow(held: int = 3, cookies: int = 3) -> dict:
+    """tcp_syncookies=1 and a real SYN-queue overflow: listen(2), final ACKs held, three
+    requests fill the SYN queue; the next SYNs get cookies (TCPReqQFullDoCookies,
+    SyncookiesSent). Then each client in turn sends a byte, which completes its handshake,
+    and the child is accepted (the accept queue takes only three): the held ones as
+    requests, the cookie ones through cookie_v4_check (SyncookiesRecv). All before the
+    requests' first SYN-ACK re-send (1 s)."""
+    before = mib()
+    srv = _listener(LO4, 2)
+    _hold_acks(srv.getsockname()[1])
+    cs = [_connect(srv.getsockname()) for _ in range(held + cookies)]
+    assert _wait_done(cs) == [0] * len(cs)
+    sh("nft", "delete", "table", "inet", "hold")
+    children = []
+    for c in cs:
+        c.send(b"x")
+        children.append(srv.accept()[0])
+    s = srv.getsockname()
+    exp = [expect(c.getsockname(), s, 4, "active", "established", **me()) for c in cs]
+    exp += [expect(s, c.getsockname(), 4, "passive", "established", **me()) for c in cs]
+    return finish(before, [("cookies", srv)], cs + children, expect=exp,
+                  cookie_clients=[c.getsockname()[1] for c in cs[held:]])
+
+
+def _tcpi_options(s: socket.socket) -> int:
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[5]
+
+
+def fastopen(clients: int = 3) -> dict:
+    """tcp_fastopen=3, TCP_FASTOPEN on the listener, each client sendto(MSG_FASTOPEN): the
+    first has no cookie yet (a plain handshake that fetches one, the data follows it), the
+    others put their data in the SYN and the listener makes the child at once, in SYN_RECV
+    (TCPFastOpenPassive; TCPFastOpenActive when the SYN-ACK acks the data). Which sockets
+    were Fast Open is the kernel's word: TCP_INFO's tcpi_options has TCPI_OPT_SYN_DATA when
+    the SYN's data was acked (client, syn_data_acked) or taken by the child (server: the
+    kernel sets syn_data_acked on a Fast Open child in tcp_fastopen_add_skb)."""
+    before = mib()
+    srv = _listener(LO4, 8, TCP_FASTOPEN=8)
+    s = srv.getsockname()
+    exp, socks = [], []
+    for i in range(clients):
+        c = socket.socket()
+        c.sendto(b"hello %d" % i, socket.MSG_FASTOPEN, s)  # returns once the SYN is out
+        child = srv.accept()[0]
+        assert child.recv(100) == b"hello %d" % i
+        select.select([], [c], [], 1)  # the client has taken the SYN-ACK: syn_data_acked is set
+        socks += [c, child]
+        for sock, me_, peer, path in ((c, c, srv, "active"), (child, srv, c, "passive")):
+            exp.append(expect(me_.getsockname(), peer.getsockname(), 4, path, "established",
+                              fastopen=bool(_tcpi_options(sock) & TCPI_OPT_SYN_DATA), **me()))
+    return finish(before, [("fastopen", srv)], socks, expect=exp)
+
+
+def dualstack() -> dict:
+    """One listener on [::] (IPV6_V6ONLY off), listen(1): an IPv4 and an IPv6 client fill
+    its accept queue, then one more of each has every SYN dropped (accept queue full at SYN
+    time) until it times out. The kernel counts both families on the one AF_INET6
+    listener."""
+    before = mib()
+    srv = _listener("::", 1)
+    port = srv.getsockname()[1]
+    cs = [_connect((lo, port)) for lo in (LO4, LO6, LO4, LO6)]
+    errs = _wait_done(cs)
+    exp = []
+    for c, err, fam, lo in zip(cs, errs, (4, 6, 4, 6), (LO4, LO6) * 2):
+        exp += _client_expect([c], [err], (lo, port), fam)
+    return finish(before, [("dualstack", srv)], cs, expect=exp)
+
+
+def multi_listener() -> dict:
+    """Three listeners in one namespace (tcp_syncookies=0, which is per namespace), each
+    with figures of its own kind: A (v4, listen(1)) overflows its accept queue at SYN time
+    for one client; B (v4, listen(2), final ACKs held) fills its SYN queue with three
+    requests and drops two more clients' SYNs; C (v6) accepts three clients normally."""
+    before = mib()
+    a, b, c = _listener(LO4, 1), _listener(LO4, 2), _listener(LO6, 8)
+    _hold_acks(b.getsockname()[1])
+    ca = [_connect(a.getsockname()) for _ in range(3)]
+    cb = [_connect(b.getsockname()) for _ in range(5)]
+    cc = [socket.create_connection(c.getsockname()[:2]) for _ in range(3)]
+    children = [c.accept()[0] for _ in cc]
+    errs = _wait_done(ca + cb)
+    _until(_no_requests, "B's requests to expire")
+    exp = _client_expect(ca, errs[:3], a.getsockname(), 4)
+    exp += _client_expect(cb, errs[3:], b.getsockname(), 4)
+    sc = c.getsockname()[:2]
+    for x in cc:
+        exp += [expect(x.getsockname()[:2], sc, 6, "active", "established", **me()),
+                expect(sc, x.getsockname()[:2], 6, "passive", "established", **me())]
+    return finish(before, [("A", a), ("B", b), ("C", c)], ca + cb + cc + children, expect=exp)
+
+
 SCENARIOS = {
     "normal4": lambda: normal(4), "normal6": lambda: normal(6),
     "self4": lambda: self_connect(4), "self6": lambda: self_connect(6),
@@ -410,12 +698,38 @@ SCENARIOS = {
 }
 
 
+SCENARIOS.update({
+    "acceptq_syn": acceptq_syn, "acceptq_ack": lambda: acceptq_ack(0),
+    "acceptq_ack_abort": lambda: acceptq_ack(1), "synq_full": synq_full,
+    "cookies_always": cookies_always, "cookies_overflow": cookies_overflow,
+    "fastopen": fastopen, "dualstack": dualstack, "multi_listener": multi_listener,
+})
+# the namespace's sysctls each listener scenario needs (a fresh namespace has
+# tcp_syncookies=1, tcp_fastopen=1, tcp_abort_on_overflow=0, tcp_syn_retries=6)
+SYSCTLS = {
+    "acceptq_syn": dict(tcp_syn_retries=1), "acceptq_ack": dict(tcp_abort_on_overflow=0),
+    "acceptq_ack_abort": dict(tcp_abort_on_overflow=1),
+    "synq_full": dict(tcp_syncookies=0, tcp_syn_retries=1, tcp_synack_retries=1),
+    "cookies_always": dict(tcp_syncookies=2), "cookies_overflow": dict(tcp_syncookies=1),
+    "fastopen": dict(tcp_fastopen=3), "dualstack": dict(tcp_syn_retries=1),
+    "multi_listener": dict(tcp_syncookies=0, tcp_syn_retries=1, tcp_synack_retries=1),
+}
+_NAME = ""
+
+
+def emit(result: dict) -> None:
+    result.update(scenario=_NAME, netns=os.stat("/proc/self/ns/net").st_ino, pid=os.getpid())
+    print(json.dumps(result), flush=True)
+
+
 def main(name: str) -> None:
+    global _NAME
+    _NAME = name
     if name not in ("syn_timeout", "synack_loss"):
-        netns_setup()
+        netns_setup(**SYSCTLS.get(name, {}))
     result = SCENARIOS[name]()
-    result.update(scenario=name, netns=os.stat("/proc/self/ns/net").st_ino, pid=os.getpid())
-    print(json.dumps(result))
+    if not _PRINTED:  # finish() prints early under TCPTRACE_HOLD
+        emit(result)
 
 
 if __name__ == "__main__":
