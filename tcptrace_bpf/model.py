@@ -50,6 +50,12 @@ class Outcome(str, Enum):
     PORT_EXHAUSTED = "port_exhausted"  # connect() found no free local port (EADDRNOTAVAIL)
 
 
+# Flags of an open (JSON "flags", metric label flag), in the kernel's open_flags bit order
+# (wire.OPEN_FLAG_NAMES is the same tuple: bit i is OPEN_FLAGS[i]).
+FASTOPEN, SYNCOOKIE = "fastopen", "syncookie"
+OPEN_FLAGS = (FASTOPEN, SYNCOOKIE)
+
+
 @dataclass(slots=True)
 class OpenAttempt:
     """One resolved connection-open attempt, as every sink sees it. Sinks must not modify
@@ -71,17 +77,18 @@ class OpenAttempt:
     netns: int
     errno: int = 0           # sk_err when it resolved, 0 if none (port_exhausted: 99)
     cgroup: Optional[int] = None  # cgroup v2 id of that process
+    flags: tuple[str, ...] = ()   # what the handshake carried: OPEN_FLAGS names
 
     def to_dict(self) -> dict:
         return {
-            "ts": round(self.ts, 6), "path": self.path.value, "outcome": self.outcome.value,
+            "type": "open", "ts": round(self.ts, 6), "path": self.path.value, "outcome": self.outcome.value,
             "family": self.family, "saddr": self.saddr, "sport": self.sport,
             "daddr": self.daddr, "dport": self.dport, "states": list(self.states),
             "duration_s": None if self.duration_s is None else round(self.duration_s, 9),
             "syn_retransmits": self.syn_retransmits,
             "synack_retransmits": self.synack_retransmits,
             "pid": self.pid, "comm": self.comm, "netns": self.netns, "errno": self.errno,
-            "cgroup": self.cgroup,
+            "cgroup": self.cgroup, "flags": list(self.flags),
         }
 
 

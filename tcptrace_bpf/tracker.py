@@ -114,7 +114,9 @@ class Classifier:
         if path is OpenPath.PASSIVE and self._pending:
             self._pending.pop(_tuple_key(wrec), None)  # its request, if it was re-sending
         outcome = self._outcome(wrec)
-        if path is OpenPath.PASSIVE and outcome is Outcome.ESTABLISHED and wrec.passive_us:
+        if wrec.open_flags & wire.OF_SYNCOOKIE:
+            duration = None  # the kernel kept no SYN-ACK send time for a cookie
+        elif path is OpenPath.PASSIVE and outcome is Outcome.ESTABLISHED and wrec.passive_us:
             duration = wrec.passive_us / 1e6
         else:
             duration = (wrec.ts_ns - wrec.start_ns) / 1e9 if wrec.start_ns else None
@@ -171,7 +173,7 @@ class Classifier:
             pid=wrec.pid or None, comm=wrec.comm or None, netns=wrec.netns,
             # the kernel keeps no error for a port search that failed: connect() returned it
             errno=errno.EADDRNOTAVAIL if outcome is Outcome.PORT_EXHAUSTED else wrec.sk_err,
-            cgroup=wrec.cgroup_id or None)
+            cgroup=wrec.cgroup_id or None, flags=wire.open_flag_names(wrec.open_flags))
 
     def _keep(self, attempt: OpenAttempt) -> Optional[OpenAttempt]:
         if not self.match(attempt):

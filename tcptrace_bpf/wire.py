@@ -12,7 +12,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .model import OpenPath, Outcome
+from .model import OPEN_FLAGS, OpenPath, Outcome
 
 WIRE_VERSION = 3
 MAX_STATES = 8
@@ -25,7 +25,7 @@ F_RST_IN, F_SYN_IN, F_SYNACK_OUT, F_NO_START, F_DESTROYED = 0x01, 0x02, 0x04, 0x
 F_REPAIRED = 0x20
 OF_FASTOPEN, OF_SYNCOOKIE = 0x01, 0x02  # open_flags (TT_OF_*)
 NOPENFLAGS = 2
-OPEN_FLAG_NAMES = ("fastopen", "syncookie")  # bit i, and agg_flagged's index within a path
+OPEN_FLAG_NAMES = OPEN_FLAGS  # bit i, and agg_flagged's index within a path
 STAT_NAMES = ("ringbuf_full", "table_full", "stale_entry", "unknown_transition",  # TT_STAT_*
               "missed_state_change", "listen_drop_inferred", "listener_table_full",
               "listen_port_full", "listen_unclosed")
@@ -165,6 +165,14 @@ def decode(buf: bytes, version: int = WIRE_VERSION) -> WireRecord:
 
 PROBE_NAMES = {PROBE_STATE: "state", PROBE_RST_IN: "rst_in", PROBE_SYN_IN: "syn_in",
                PROBE_SYNACK_OUT: "synack_out", PROBE_DESTROY: "destroy"}
+
+
+_FLAG_NAMES = tuple(tuple(n for i, n in enumerate(OPEN_FLAGS) if bits >> i & 1)
+                    for bits in range(1 << len(OPEN_FLAGS)))
+
+
+def open_flag_names(bits: int) -> tuple[str, ...]:
+    return _FLAG_NAMES[bits & ((1 << len(OPEN_FLAGS)) - 1)]
 
 
 def field_offsets() -> dict[str, int]:

@@ -15,6 +15,7 @@ from tests.test_recording import RECORDINGS, write
 from tests.background import TOOL
 
 ALL_REASONS = ["ringbuf_full", "table_full", "stale_entry", "unknown_transition", "missed_state_change",
+               "listen_drop_inferred", "listener_table_full", "listen_port_full", "listen_unclosed",
                "half_open_expired", "decode_error", "request_evicted"]
 
 

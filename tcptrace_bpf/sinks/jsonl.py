@@ -15,6 +15,7 @@ from . import Lines
 _dumps = json.dumps
 _KIND: dict[tuple, str] = {}    # (path, outcome, family) -> '"path":...,"family":4,'
 _STATES: dict[tuple, str] = {}  # state names -> '["CLOSE","SYN_SENT",...]'
+_FLAGS: dict[tuple, str] = {}   # flag names -> '["fastopen"]' (a handful of combinations)
 
 
 def _opt(v) -> str:
@@ -36,11 +37,14 @@ def render(item) -> str:
             _STATES[r.states] = states
     d = "null" if r.duration_s is None else f"{r.duration_s:.9f}"
     comm = "null" if r.comm is None else _dumps(r.comm)
-    return (f'{{"ts":{r.ts:.6f},{kind}"saddr":"{r.saddr}","sport":{r.sport},'
+    flags = _FLAGS.get(r.flags)
+    if flags is None:
+        flags = _FLAGS[r.flags] = _dumps(list(r.flags), separators=(",", ":"))
+    return (f'{{"type":"open","ts":{r.ts:.6f},{kind}"saddr":"{r.saddr}","sport":{r.sport},'
             f'"daddr":"{r.daddr}","dport":{r.dport},"states":{states},"duration_s":{d},'
             f'"syn_retransmits":{r.syn_retransmits},"synack_retransmits":{r.synack_retransmits},'
             f'"pid":{_opt(r.pid)},"comm":{comm},"netns":{r.netns},"errno":{r.errno},'
-            f'"cgroup":{_opt(r.cgroup)}}}')
+            f'"cgroup":{_opt(r.cgroup)},"flags":{flags}}}')
 
 
 def sink(out=None) -> Lines:

@@ -30,8 +30,9 @@ def render(item) -> str:
     rtx = ""
     if rec.syn_retransmits or rec.synack_retransmits:
         rtx = f" rtx syn={rec.syn_retransmits} synack={rec.synack_retransmits}"
+    flags = "".join(f" {f}" for f in rec.flags)
     return (f"{clock} {rec.path.value:<12} {rec.outcome.value:<11} {local} > {peer} "
-            f"{_duration(rec.duration_s)}{rtx}{who}")
+            f"{_duration(rec.duration_s)}{rtx}{flags}{who}")
 
 
 def sink(out=None) -> Lines:
