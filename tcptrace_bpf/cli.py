@@ -148,13 +148,17 @@ class _Serving:
     once the run says its backend. Ready (a scrape sees a whole exposition) at start for
     live export, at close for a replay (the whole recording is in)."""
 
-    def __init__(self, exporter, ready_at_start: bool):
+    def __init__(self, exporter, ready_at_start: bool, max_listener_ports: int = 64):
         self.exporter, self.ready_at_start = exporter, ready_at_start
+        self.max_listener_ports = max_listener_ports
         self.emit = exporter.metrics.observe
 
     def start(self, run: RunStart) -> None:
         if run.aggregates:  # export mode: the kernel counts the opens
             self.exporter.count_in_kernel(run.aggregates)
+        # a replay (or a kernel without the listener side) serves the families, empty
+        self.exporter.add_listener_metrics(run.listen_ports or dict, run.listeners or list,
+                                           self.max_listener_ports)
         self.exporter.add_self_metrics(run.backend, run.lost, run.tracked)
         if self.ready_at_start:
             self.exporter.ready()
@@ -175,12 +179,17 @@ def trace(
     duration: Optional[float] = DURATION, attach: Attach = ATTACH,
     events: bool = typer.Option(False, "--events", help="Also print every raw probe event."),
     max_sockets: int = MAX_SOCKETS, half_open_timeout: float = HALF_OPEN,
+    listener_interval: float = typer.Option(
+        1.0, min=0.1, help="At most one line per listener per this many seconds, for "
+        "listeners that dropped SYNs or ACKs, sent SYN cookies or re-sent SYN-ACKs."),
     summary_json: Optional[str] = SUMMARY_JSON,
 ):
-    """Print one line per connection-open attempt when it resolves; a summary at exit."""
+    """Print one line per connection-open attempt when it resolves, and per listener in
+    trouble each interval; a summary at exit."""
     from .session import run
     opts = _live(attach, max_sockets, events, duration, half_open_timeout,
                  _match(port, family, pid, netns, cgroup))
+    opts.listener_interval, opts.listener_lines = listener_interval, True
     try:
         summary = run(opts, _printer(json_out),
                       announce=lambda m: _say(m + "; tracing, Ctrl-C to stop"))
@@ -272,6 +281,8 @@ def export(
     basic_auth_user: Optional[str] = typer.Option(None, help="Require HTTP basic auth as this user."),
     basic_auth_password_file: Optional[Path] = typer.Option(None, help="File holding that user's password."),
     max_sockets: int = MAX_SOCKETS, half_open_timeout: float = HALF_OPEN,
+    max_listener_ports: int = typer.Option(
+        64, min=1, help="Listening ports with series of their own; more fold into port=\"other\"."),
     summary_json: Optional[str] = SUMMARY_JSON,
 ):
     """Serve Prometheus metrics of every connection open on /metrics (metric names: README).
@@ -292,13 +303,56 @@ def export(
     opts.settings = replace(opts.settings, aggregate_buckets=tuple(exporter.buckets))
     try:
         # ready once the probes are attached: from then on every open is counted
-        summary = run(opts, _Serving(exporter, ready_at_start=True),
+        summary = run(opts, _Serving(exporter, ready_at_start=True,
+                                     max_listener_ports=max_listener_ports),
                       announce=lambda m: _say(f"{m}; serving {serve.url}"))
     except LoaderError as exc:
         raise _fail(str(exc), EXIT_TRACE)
     finally:
         exporter.close()
     _finish(summary, summary_json)
+
+
+@app.command()
+def listeners(
+    once: bool = typer.Option(False, "--once", help="Print one table and exit."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON document, then exit."),
+    interval: float = typer.Option(1.0, min=0.1, help="Seconds between refreshes (and the "
+                                   "window of opens/s)."),
+    attach: Attach = ATTACH, duration: Optional[float] = DURATION,
+):
+    """A live table of every listener on the host, worst first: accept queue now/limit, SYN
+    queue, drops by reason, SYN cookies sent, SYN-ACKs re-sent and passive opens per second
+    (counts since the command started)."""
+    import time as clock
+    from rich.console import Console
+    from rich.live import Live
+    from .session import watch_listeners
+    from .sinks.listen_table import json_document, rich_table
+
+    # a pipe or file gets the whole table, not 80 columns of it
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    title = "tcptrace-bpf listeners (counts since start; Ctrl-C to stop)"
+
+    def show_once(rows, window) -> bool:
+        if json_out:
+            print(json_document(rows, clock.time(), round(window, 3)), flush=True)
+        else:
+            console.print(rich_table(rows, title))
+        return False
+
+    try:
+        if once or json_out:
+            watch_listeners(attach.value, interval, show_once, duration,
+                            announce=lambda m: _say(f"{m}; table in {interval:g}s"))
+            return
+        with Live(console=console, auto_refresh=False) as live:
+            def show(rows, _window) -> bool:
+                live.update(rich_table(rows, title), refresh=True)
+                return True
+            watch_listeners(attach.value, interval, show, duration, announce=_say)
+    except LoaderError as exc:
+        raise _fail(str(exc), EXIT_TRACE)
 
 
 @app.command()

@@ -29,7 +29,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from . import __version__
 from .buckets import buckets_from_sysctls
-from .sinks.prometheus import HandshakeMetrics, SelfMetrics
+from .sinks.prometheus import HandshakeMetrics, ListenerMetrics, SelfMetrics
 
 DEFAULT_LISTEN = "127.0.0.1:9725"
 METRICS, READY, HEALTHY = "/metrics", "/-/ready", "/-/healthy"
@@ -233,6 +233,10 @@ class Exporter:
     def count_in_kernel(self, aggregates: Callable[[], dict]) -> None:
         """Export mode: add the kernel's counters (loader.BpfPrograms.aggregates) at each scrape."""
         self.metrics.kernel = aggregates
+
+    def add_listener_metrics(self, ports: Callable[[], dict], listeners: Callable[[], list],
+                             max_ports: int) -> None:
+        self.registry.register(ListenerMetrics(ports, listeners, max_ports))
 
     def add_self_metrics(self, backend: str, lost: Callable[[], dict],
                          tracked: Callable[[], int]) -> None:

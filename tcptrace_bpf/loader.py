@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 from . import bpfsys
 from .btf import BTF, BTFError, VMLINUX_BTF
+from .listeners import Counts, Listener, counts_of, from_kernel
 from .ringbuf import RingReader
 from .summary import KERNEL_STATS, LossReason
 
@@ -265,15 +266,15 @@ class BpfPrograms:
     def listener_side(self) -> bool:
         return self._ingress_link >= 0
 
-    def listeners(self) -> list[tuple[int, object]]:
-        """(socket address, struct tcptrace_listener as ctypes) for every tracked listener,
-        its queue figures read now (the snapshot program, once per listener)."""
+    def listeners(self) -> list[Listener]:
+        """Every tracked listener, its queue figures read now (the snapshot program, run
+        once per listener)."""
         table, out = self.bpf["listen_socks"], []
         for key in list(table.keys()):
             if self._snapshot_fd >= 0:
                 bpfsys.run_raw_tp(self._snapshot_fd, key.value)
             try:
-                out.append((key.value, table[key]))
+                out.append(from_kernel(key.value, table[key]))
             except KeyError:
                 pass  # deleted meanwhile: a new listener at the address, seen next time
         return out
@@ -282,10 +283,9 @@ class BpfPrograms:
         with contextlib.suppress(KeyError):
             del self.bpf["listen_socks"][ctypes.c_uint64(addr)]
 
-    def listen_ports(self) -> dict[int, object]:
-        """Per local port counters (struct tcptrace_listen_counts); port 0: ports the map
-        had no room for."""
-        return {k.value: v for k, v in self.bpf["listen_ports"].items()}
+    def listen_ports(self) -> dict[int, Counts]:
+        """Per local port counters; port 0: ports the map had no room for."""
+        return {k.value: counts_of(v) for k, v in self.bpf["listen_ports"].items()}
 
     @classmethod
     def start(cls, attach: str = "auto", settings: Settings = Settings()) -> "BpfPrograms":

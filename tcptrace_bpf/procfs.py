@@ -19,6 +19,19 @@ class Owner:
     pid: int
     comm: str
     cgroup: int
+    family: int = 4
+    addr: str = ""
+    accept_queue: int = 0    # rx_queue of a listener: sk_ack_backlog, now
+
+
+def _address(hexaddr: str) -> tuple[int, str]:
+    """/proc/net/tcp{,6}'s local address (32-bit words in host order) as (family, text)."""
+    import socket
+    import struct
+    words = [int(hexaddr[i:i + 8], 16) for i in range(0, len(hexaddr), 8)]
+    raw = struct.pack(f"={len(words)}I", *words)
+    fam = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return (4 if len(raw) == 4 else 6), socket.inet_ntop(fam, raw)
 
 
 def cgroup2_mount() -> str | None:
@@ -79,5 +92,7 @@ def listener_owners() -> Iterator[Owner]:
                     comm = _read(f"/proc/{pid}/comm")
                 except OSError:
                     continue
-                yield Owner(netns, int(f[1].rsplit(":", 1)[1], 16), int(pid), comm,
-                            cgroup_id(pid, mount))
+                hexaddr, hexport = f[1].rsplit(":", 1)
+                family, addr = _address(hexaddr)
+                yield Owner(netns, int(hexport, 16), int(pid), comm, cgroup_id(pid, mount),
+                            family, addr, int(f[4].split(":")[1], 16))

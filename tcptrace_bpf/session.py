@@ -13,6 +13,7 @@ from . import privileges, procfs
 from .loader import LoaderError, Settings, BpfPrograms
 from .sinks import RunStart, Sink
 from .summary import RunSummary, add_lost
+from .listeners import ListenerWatch, Row, table
 from .tracker import Match, Classifier
 
 POLL_MS = 200  # also the resolution of request-socket expiry
@@ -28,6 +29,11 @@ class Options:
     # (or that began before tracing): dropped and counted as half_open_expired. Real
     # handshakes end sooner: SYN_SENT gives up after about 127 s with tcp_syn_retries=6.
     half_open_timeout: float = 300.0
+    # the listener side: read every listener this often; `listener_lines`: emit a report
+    # (listeners.ListenerReport) for each one whose counters moved (trace), or only keep the
+    # kernel's table tidy (export reads it at scrape time)
+    listener_interval: float = 1.0
+    listener_lines: bool = False
 
 
 class Signals:
@@ -96,13 +102,30 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
         started = RunStart(
             backend=tracer.caps.backend.value, epoch_offset=tracker.epoch_offset,
             lost=lambda: lost_events(tracer, tracker), tracked=tracer.tracked_sockets,
-            aggregates=tracer.aggregates if opts.settings.aggregate_buckets else None)
+            aggregates=tracer.aggregates if opts.settings.aggregate_buckets else None,
+            listen_ports=tracer.listen_ports if tracer.listener_side else None,
+            listeners=tracer.listeners if tracer.listener_side else None)
         sinks = [s for s in (raw, sink) if s]
         for s in sinks:
             s.start(started)
         emit = sink.emit  # after start(): a sink may set up its emit there
         announce(tracer.caps.describe() + f"; {seeded} existing listeners")
         going = signals.running(opts.duration)
+        watch = ListenerWatch(opts.match, time.time())
+        listen_every_ns = int(opts.listener_interval * 1e9)
+        next_listen = time.monotonic_ns() + listen_every_ns
+
+        def listeners() -> None:
+            """One interval of the listener side: reports, and closed entries let go."""
+            if not tracer.listener_side:
+                return
+            reports, gone = watch.update(time.time(), tracer.listeners())
+            for key in gone:
+                tracer.forget_listener(key)
+            if opts.listener_lines:
+                for report in reports:
+                    emit(report)
+
         timeout_ns = int(opts.half_open_timeout * 1e9)
         sweep_every_ns = int(min(max(opts.half_open_timeout / 2, 1.0), 10.0) * 1e9)
         next_sweep = time.monotonic_ns() + sweep_every_ns
@@ -114,9 +137,13 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
             if now >= next_sweep:
                 tracer.expire_half_open(now - timeout_ns)
                 next_sweep = now + sweep_every_ns
+            if now >= next_listen:
+                listeners()
+                next_listen = now + listen_every_ns
             for s in sinks:
                 s.flush()
         tracer.drain()
+        listeners()  # the last interval's
         for s in sinks:
             s.flush()
         kernel = tracer.kernel_lost()  # once: lost and kernel_lost must agree
@@ -129,3 +156,30 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
         for s in sinks:
             s.close(summary)
         return summary
+
+
+def watch_listeners(attach: str, interval: float, show: Callable[[list[Row], float], bool],
+                    duration: Optional[float] = None,
+                    announce: Callable[[str], None] = lambda _m: None) -> None:
+    """`tcptrace-bpf listeners`: every `interval` seconds, the table of listeners (their
+    counts since this began) to `show`, until it returns False, the deadline or a signal."""
+    why = privileges.cannot_trace()
+    if why:
+        raise LoaderError(why)
+    with Signals() as signals, BpfPrograms.start(attach, Settings()) as tracer:
+        if not tracer.listener_side:
+            raise LoaderError(f"the listener side could not attach: {tracer.caps.listener_side}")
+        announce(tracer.caps.describe())
+        before, since = {lst.key: lst for lst in tracer.listeners()}, time.monotonic()
+        going = signals.running(duration)
+        while going():
+            end = time.monotonic() + interval
+            while going() and time.monotonic() < end:
+                time.sleep(min(0.1, max(end - time.monotonic(), 0)))
+            now, at = tracer.listeners(), time.monotonic()
+            for lst in now:
+                if lst.closed:
+                    tracer.forget_listener(lst.key)
+            if not show(table(now, before, at - since, procfs.listener_owners()), at - since):
+                return
+            before, since = {lst.key: lst for lst in now}, at

@@ -46,6 +46,15 @@ class Match:
         return ((self.pid is None or item.pid == self.pid)
                 and (self.cgroup is None or item.cgroup == self.cgroup))
 
+    def listener(self, lst) -> bool:
+        """The same filters for a listening socket (listeners.Listener): its port, its
+        owner (who called listen())."""
+        return ((self.port is None or lst.port == self.port)
+                and (self.family is None or lst.family == self.family)
+                and (self.netns is None or lst.netns == self.netns)
+                and (self.pid is None or lst.pid == self.pid)
+                and (self.cgroup is None or lst.cgroup == self.cgroup))
+
 
 @dataclass
 class _PendingRequest:

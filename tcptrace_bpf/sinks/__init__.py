@@ -21,6 +21,9 @@ class RunStart:
     tracked: Callable[[], int]                # handshakes in flight in the kernel table
     # export mode: the kernel's own open counters (loader.BpfPrograms.aggregates), else None
     aggregates: Optional[Callable[[], dict[str, list[int]]]] = None
+    # the listener side (loader.BpfPrograms.listen_ports / .listeners), None when it is off
+    listen_ports: Optional[Callable[[], dict]] = None
+    listeners: Optional[Callable[[], list]] = None
 
 
 class Sink(Protocol):

@@ -1,5 +1,6 @@
 """Prometheus metrics, as collectors read at scrape time. Label sets are bounded: path,
-outcome, family, reason.
+outcome, family, reason, flag, queue, and port (listening ports only, at most
+--max-listener-ports of them, then "other").
 
 HandshakeMetrics counts opens from two sources added together: opens (model.OpenAttempt)
 observed in Python (replay, and request sockets the tracker expires) and, in export
@@ -15,6 +16,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.utils import floatToGoString
 
 from .. import wire
+from ..listeners import Counts, Listener, PortFolder
 from ..model import OpenAttempt, Outcome
 from ..summary import LossReason
 
@@ -26,6 +28,7 @@ LOST_REASONS = tuple(r.value for r in LossReason)  # tcptrace_events_lost_total{
 _PATH = {p: i for i, p in enumerate(wire.AGG_PATHS)}
 _OUTCOME = {o: i for i, o in enumerate(wire.AGG_OUTCOMES)}
 _FAMILY = {f: i for i, f in enumerate(wire.AGG_FAMILIES)}
+_FLAG = {f: i for i, f in enumerate(wire.OPEN_FLAG_NAMES)}
 
 
 class HandshakeMetrics:
@@ -41,29 +44,34 @@ class HandshakeMetrics:
         self.handshakes = [0] * (len(wire.AGG_PATHS) * len(wire.AGG_OUTCOMES) * len(wire.AGG_FAMILIES))
         self.rtx = [0] * (len(wire.AGG_PATHS) + 1)
         self.duration = [0] * (len(wire.AGG_PATHS) * len(wire.AGG_FAMILIES) * (nb + 2))
+        self.flagged = [0] * (len(wire.AGG_PATHS) * wire.NOPENFLAGS)
 
     def observe(self, rec: OpenAttempt) -> None:
         p, f = _PATH[rec.path.value], _FAMILY[rec.family]
         self.handshakes[wire.handshake_index(p, _OUTCOME[rec.outcome.value], f)] += 1
         self.rtx[p] += rec.syn_retransmits
         self.rtx[-1] += rec.synack_retransmits
+        for flag in rec.flags:
+            self.flagged[p * wire.NOPENFLAGS + _FLAG[flag]] += 1
         if rec.outcome is Outcome.ESTABLISHED and rec.duration_s is not None:
             base = wire.duration_index(p, f, len(self.buckets))
             i = next((i for i, b in enumerate(self.buckets) if rec.duration_s <= b), len(self.buckets))
             self.duration[base + i] += 1
             self.duration[base + len(self.buckets) + 1] += round(rec.duration_s * 1e9)
 
-    def _totals(self) -> tuple[list[int], list[int], list[int]]:
+    def _totals(self) -> tuple[list[int], list[int], list[int], list[int]]:
         hs, rtx, dur = list(self.handshakes), list(self.rtx), list(self.duration)
+        fl = list(self.flagged)
         if self.kernel:
             k = self.kernel()
             hs = [a + b for a, b in zip(hs, k["handshakes"])]
             rtx = [a + b for a, b in zip(rtx, k["rtx"])]
             dur = [a + b for a, b in zip(dur, k["duration"])]
-        return hs, rtx, dur
+            fl = [a + b for a, b in zip(fl, k["flagged"])]
+        return hs, rtx, dur, fl
 
     def collect(self):
-        hs, rtx, dur = self._totals()
+        hs, rtx, dur, fl = self._totals()
         opens = CounterMetricFamily("tcptrace_handshakes", "Resolved connection-open attempts.",
                                     labels=["path", "outcome", "family"])
         hist = HistogramMetricFamily(
@@ -89,6 +97,67 @@ class HandshakeMetrics:
         yield syn
         yield CounterMetricFamily("tcptrace_synack_retransmits", "SYN-ACKs re-sent during opens.",
                                   value=rtx[-1])
+        flagged = CounterMetricFamily(
+            "tcptrace_handshakes_flagged",
+            "Opens that carried Fast Open data or were born of a SYN cookie.",
+            labels=["path", "flag"])
+        for p, path in enumerate(wire.AGG_PATHS):
+            for i, flag in enumerate(wire.OPEN_FLAG_NAMES):
+                flagged.add_metric([path, flag], fl[p * wire.NOPENFLAGS + i])
+        yield flagged
+
+
+class ListenerMetrics:
+    """The listener side, per listening port: drops by reason, SYN cookies sent (the
+    kernel's per-port counters, exact at each scrape) and the queues now (summed over the
+    port's listeners). `port` is bounded by a PortFolder; its folding is counted."""
+
+    def __init__(self, ports: Callable[[], dict[int, Counts]],
+                 listeners: Callable[[], list[Listener]], max_ports: int = 64):
+        self.ports, self.listeners = ports, listeners
+        self.folder = PortFolder(max_ports)
+
+    def collect(self):
+        label = self.folder.label
+        per_port: dict[str, Counts] = {}
+        for port, counts in sorted(self.ports().items()):
+            name = label(port)
+            per_port[name] = per_port.get(name, Counts()).plus(counts)
+        queues: dict[str, list[int]] = {}  # port -> [accept, syn, limit]
+        for lst in self.listeners():
+            if lst.accept_queue is None:
+                continue  # closed, or not readable
+            q = queues.setdefault(label(lst.port), [0, 0, 0])
+            q[0] += lst.accept_queue
+            q[1] += lst.syn_queue
+            q[2] += lst.accept_queue_max
+        drops = CounterMetricFamily("tcptrace_listen_drops",
+                                    "Segments a listener dropped and the kernel counted as "
+                                    "ListenDrops, by reason.", labels=["port", "reason"])
+        cookies = CounterMetricFamily("tcptrace_syncookies_sent",
+                                      "SYN cookies a listener sent.", labels=["port"])
+        for name, c in per_port.items():
+            for reason, n in zip(wire.DROP_REASONS, c.drops):
+                drops.add_metric([name, reason], n)
+            cookies.add_metric([name], c.syncookies_sent)
+        length = GaugeMetricFamily("tcptrace_listen_queue_length",
+                                   "Accept queue (children not yet accepted) and SYN queue "
+                                   "(request sockets) now, summed over the port's listeners.",
+                                   labels=["port", "queue"])
+        limit = GaugeMetricFamily("tcptrace_listen_queue_limit",
+                                  "Accept queue limit (the listen() backlog), summed over the "
+                                  "port's listeners.", labels=["port"])
+        for name, (acc, syn, lim) in sorted(queues.items()):
+            length.add_metric([name, "accept"], acc)
+            length.add_metric([name, "syn"], syn)
+            limit.add_metric([name], lim)
+        yield drops
+        yield cookies
+        yield length
+        yield limit
+        yield CounterMetricFamily("tcptrace_listener_ports_folded",
+                                  "Listening ports counted under port=\"other\" (beyond "
+                                  "--max-listener-ports).", value=self.folder.folded)
 
 
 class SelfMetrics:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ..listeners import DROP_REASONS, ListenerReport
 from ..model import OpenAttempt, ProbeEvent
 from ..summary import RunSummary
 from . import Lines
@@ -19,8 +20,34 @@ def _duration(seconds) -> str:
     return f"{seconds * 1e3:.2f}ms" if seconds < 1 else f"{seconds:.2f}s"
 
 
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+
+
+def _queue(now, limit) -> str:
+    return "?" if now is None else f"{now}/{limit}"
+
+
+def render_listener(r: ListenerReport) -> str:
+    """e.g. 12:00:01.000 listener 127.0.0.1:8080 accept queue full: 18 SYNs/ACKs dropped in
+    1.0s; accept queue 2/1, SYN queue 0; nginx[812] netns 4026531840"""
+    lst, d = r.listener, r.delta
+    what = [f"{why.replace('_', ' ')}: {n} dropped" for why, n in zip(DROP_REASONS, d.drops) if n]
+    if d.syncookies_sent:
+        what.append(f"{d.syncookies_sent} SYN cookies sent")
+    if d.synack_retransmits:
+        what.append(f"{d.synack_retransmits} SYN-ACKs re-sent")
+    who = f" {lst.comm}[{lst.pid}]" if lst.pid else ""
+    return (f"{_clock(r.ts)} listener     {_endpoint(lst.addr, lst.port, lst.family)} "
+            f"{', '.join(what)} in {r.interval_s:.1f}s; accept queue "
+            f"{_queue(lst.accept_queue, lst.accept_queue_max)}, SYN queue "
+            f"{'?' if lst.syn_queue is None else lst.syn_queue}{who} netns {lst.netns}")
+
+
 def render(item) -> str:
-    clock = time.strftime("%H:%M:%S", time.localtime(item.ts)) + f".{int(item.ts % 1 * 1000):03d}"
+    if type(item) is ListenerReport:
+        return render_listener(item)
+    clock = _clock(item.ts)
     local = _endpoint(item.saddr, item.sport, item.family)
     peer = _endpoint(item.daddr, item.dport, item.family)
     if isinstance(item, ProbeEvent):
