@@ -34,13 +34,15 @@ class LiveTracer(Background):
     """`tcptrace-bpf trace --json` in the background, started; records collected as they print."""
 
     def __init__(self, *args: str):
-        self.records: list[dict] = []
+        self.records: list[dict] = []    # opens (and raw events)
+        self.listeners: list[dict] = []  # "type": "listener" lines
         super().__init__(TOOL + ["trace", "--json", *args], "tracing, Ctrl-C to stop")
         self.wait_started(START_TIMEOUT)
         self.announce = self.ready_line.split("tcptrace-bpf: ", 1)[-1].strip()
 
     def on_stdout(self, line: str) -> None:
-        self.records.append(json.loads(line))
+        rec = json.loads(line)
+        (self.listeners if rec.get("type") == "listener" else self.records).append(rec)
 
     @property
     def backend(self) -> str:

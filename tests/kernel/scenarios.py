@@ -617,8 +617,14 @@ def cookies_overflow(held: int = 3, cookies: int = 3) -> dict:
         c.send(b"x")
         children.append(srv.accept()[0])
     s = srv.getsockname()
-    exp = [expect(c.getsockname(), s, 4, "active", "established", **me()) for c in cs]
-    exp += [expect(s, c.getsockname(), 4, "passive", "established", **me()) for c in cs]
+    got = mib_delta(before, mib())
+    assert got.get("SyncookiesSent") == got.get("SyncookiesRecv") == cookies, got
+    # the SYNs that found the SYN queue full (held + 1 > backlog 2) are the cookie ones
+    exp = [expect(c.getsockname(), s, 4, "active", "established", flags=[], **me()) for c in cs]
+    exp += [expect(s, c.getsockname(), 4, "passive", "established", flags=[], **me())
+            for c in cs[:held]]
+    exp += [expect(s, c.getsockname(), 4, "passive", "established", flags=["syncookie"],
+                   duration_s=None, **me()) for c in cs[held:]]
     return finish(before, [("cookies", srv)], cs + children, expect=exp,
                   cookie_clients=[c.getsockname()[1] for c in cs[held:]])
 

@@ -12,7 +12,8 @@ from .conftest import kernel_ready
 from .harness import run_scenario
 
 SCENARIOS = ["normal4", "normal6", "self4", "self6", "crossed4", "refused", "unreachable",
-             "abort_syn_sent", "syn_timeout", "port_exhausted4", "port_exhausted6"]
+             "abort_syn_sent", "syn_timeout", "port_exhausted4", "port_exhausted6", "fastopen",
+             "cookies_always"]
 
 
 def test_kernel_counts_equal_tracker_counts():
@@ -33,6 +34,7 @@ def test_kernel_counts_equal_tracker_counts():
     assert sum(python.handshakes) >= expected  # host-wide: the scenarios' opens, at least
     assert kernel["handshakes"] == python.handshakes
     assert kernel["rtx"] == python.rtx
+    assert kernel["flagged"] == python.flagged and sum(python.flagged) >= 4 + 3
     # Each tracer takes its own timestamps, a few hundred ns apart, so one open may fall in
     # neighbouring buckets of the two; per series, the number observed and the sum agree.
     nb = len(buckets)
