@@ -111,10 +111,18 @@ def _ring_buffer(r: Report, bcc) -> None:
 def _backends(r: Report) -> None:
     for backend in loader.AUTO_ORDER:
         try:
-            with loader.BpfPrograms.start(backend.value):
-                pass
+            with loader.BpfPrograms.start(backend.value) as progs:
+                listener_side = progs.caps.listener_side
+                attached = progs.listener_side
             r.backends.append(backend.value)
             r.add(f"backend {backend.value}", "ok", "loads and attaches")
+            if len(r.backends) == 1:  # the listener side of the backend auto would choose
+                r.add("listener side", "ok" if attached else "warn",
+                      f"{listener_side}: drops by reason, cookies and Fast Open exact while one "
+                      "CPU at a time works on a listener, else counted as listen_drop_inferred; "
+                      "queues and SYN-ACK re-sends exact (README: Listener side)" if attached
+                      else listener_side,
+                      "" if attached else "mount cgroup v2 (the listener side attaches at its root)")
         except loader.LoaderError as exc:
             # forced to one backend: the one trial says why; anything else is its own message
             why = exc.trials[-1].reason if isinstance(exc, loader.NoBackendError) else str(exc)

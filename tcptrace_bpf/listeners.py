@@ -64,6 +64,13 @@ def counts_of(c) -> Counts:
     return Counts(tuple(c.drops), c.syncookies_sent, c.synack_retransmits, c.passive_opens)
 
 
+def listener_from_dict(d: dict) -> Listener:
+    """A Listener from dataclasses.asdict() (a recording's listener table)."""
+    c = d["counts"]
+    return Listener(**{**d, "counts": Counts(tuple(c["drops"]), c["syncookies_sent"],
+                                             c["synack_retransmits"], c["passive_opens"])})
+
+
 def from_kernel(key: int, v) -> Listener:
     """struct tcptrace_listener (bcc's ctypes view) as a Listener."""
     v4 = v.family == socket.AF_INET

@@ -174,7 +174,11 @@ def offset_cflags(btf_path: Path = VMLINUX_BTF) -> tuple[list[str], str]:
     try:
         btf = BTF.from_file(btf_path)
         flags = [f"-D{name}={btf.offsetof(s, m)}" for name, (s, m) in OFFSETS.items()]
-        flags += [f"-D{name}={btf.enum_value(e, m)}" for name, (e, m) in ENUMS.items()]
+        for name, (e, m) in ENUMS.items():
+            try:
+                flags.append(f"-D{name}={btf.enum_value(e, m)}")
+            except BTFError:
+                flags.append(f"-D{name}=-1")  # an older kernel without it: never matches
         for name, (s, m) in OPTIONAL_OFFSETS.items():
             try:
                 flags.append(f"-D{name}={btf.offsetof(s, m)}")

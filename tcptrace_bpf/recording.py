@@ -8,6 +8,9 @@ Layout (all little-endian):
         type 1: one wire record (tcptrace_bpf.wire, of the header's wire_version)
         type 2: trailer, JSON: ended_ns (monotonic), lost (kernel-side counters by reason;
                 replay's tracker counts the Python-side ones again)
+        type 3: the listener table, JSON: ns (monotonic), listeners (listeners.Listener as
+                dicts), once per listener interval; replay makes trace's listener lines of
+                them (recordings without any still read: no listener lines)
 
 A reader refuses a newer `format` or an unknown wire version by name; older wire versions are
 decoded with their own layout (wire.py keeps them). A recording without its trailer was cut
@@ -20,8 +23,8 @@ from __future__ import annotations
 import json
 import struct
 import time
-from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, Optional
+from dataclasses import asdict, dataclass, field
+from typing import BinaryIO, Callable, Iterator, Optional
 
 from . import wire
 
@@ -29,7 +32,7 @@ MAGIC = b"TCPTRACE-BPF RECORDING\n"
 FORMAT = 1
 CLOCK = "CLOCK_MONOTONIC"
 FRAME = struct.Struct("<HH")
-FRAME_RECORD, FRAME_TRAILER = 1, 2
+FRAME_RECORD, FRAME_TRAILER, FRAME_LISTENERS = 1, 2, 3
 _MAX_HEADER = 1 << 16
 
 
@@ -69,6 +72,11 @@ class Writer:
         self.f.write(FRAME.pack(FRAME_RECORD, len(raw)) + raw)
         self.records += 1
 
+    def listeners(self, ns: int, table: list) -> None:
+        body = json.dumps({"ns": ns, "listeners": [asdict(x) for x in table]},
+                          separators=(",", ":")).encode()
+        self.f.write(FRAME.pack(FRAME_LISTENERS, len(body)) + body)
+
     def close(self, trailer: Trailer) -> None:
         body = json.dumps(trailer.__dict__, sort_keys=True).encode()
         self.f.write(FRAME.pack(FRAME_TRAILER, len(body)) + body)
@@ -99,6 +107,10 @@ class Recorder:
     def flush(self) -> None:
         self.f.flush()
 
+    def listeners(self, ns: int, table: list) -> None:
+        """The listener table (listeners.Listener) as read at monotonic `ns`."""
+        self.writer.listeners(ns, table)
+
     def close(self, summary) -> None:
         # the session has drained the ring: the recording ends now, on the records' clock
         self.writer.close(Trailer(time.monotonic_ns(), dict(summary.kernel_lost)))
@@ -110,6 +122,8 @@ class Reader:
     def __init__(self, f: BinaryIO, name: str):
         self.f, self.name = f, name
         self.trailer: Optional[Trailer] = None
+        # called with (monotonic ns, [listeners.Listener]) for each listener table, in order
+        self.on_listeners: Optional[Callable[[int, list], None]] = None
         self.offset = 0
         self.header = self._header()
 
@@ -168,6 +182,9 @@ class Reader:
                                          f"expected {size}")
                 n += 1
                 yield body
+            elif kind == FRAME_LISTENERS:
+                if self.on_listeners is not None:
+                    self.on_listeners(*self._listeners(at, body))
             elif kind == FRAME_TRAILER:
                 self.trailer = self._trailer(at, body)
                 if f.read(1):
@@ -175,6 +192,14 @@ class Reader:
                 return
             else:
                 raise self._fail(at, f"corrupt: unknown frame type {kind} after {n} records")
+
+    def _listeners(self, at: int, body: bytes) -> tuple[int, list]:
+        from .listeners import listener_from_dict
+        try:
+            doc = json.loads(body)
+            return int(doc["ns"]), [listener_from_dict(d) for d in doc["listeners"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise self._fail(at, f"corrupt listener table ({exc})") from None
 
     def _trailer(self, at: int, body: bytes) -> Trailer:
         try:

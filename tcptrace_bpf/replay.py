@@ -4,6 +4,7 @@ No root."""
 from __future__ import annotations
 
 from . import recording, wire
+from .listeners import ListenerWatch
 from .recording import RecordingError
 from .session import POLL_MS
 from .sinks import RunStart, Sink
@@ -21,6 +22,13 @@ def replay(path: str, match: Match, sink: Sink) -> RunSummary:
     with f:
         head = reader.header
         tracker = Classifier(head.epoch_offset, match)
+        watch = ListenerWatch(match)
+
+        def listeners(ns: int, table: list) -> None:
+            reports, _gone = watch.update(ns / 1e9 + head.epoch_offset, table)
+            for report in reports:
+                emit(report)
+        reader.on_listeners = listeners
 
         def lost() -> dict[str, int]:
             # the recording keeps the kernel's losses; Python's are made again by this tracker

@@ -119,7 +119,10 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
             """One interval of the listener side: reports, and closed entries let go."""
             if not tracer.listener_side:
                 return
-            reports, gone = watch.update(time.time(), tracer.listeners())
+            table = tracer.listeners()
+            if raw is not None:  # record: replay makes the same lines of it
+                raw.listeners(time.monotonic_ns(), table)
+            reports, gone = watch.update(time.time(), table)
             for key in gone:
                 tracer.forget_listener(key)
             if opts.listener_lines:

@@ -39,7 +39,7 @@ log "building a $SUITE root file system from $mirror (a minute or two)"
 # python3-typer/-prometheus-client/-pytest: trixie ships versions the project accepts
 # (typer>=0.12, prometheus-client>=0.17, pytest>=7), so the offline VM needs no pip.
 mmdebstrap --quiet --variant=minbase --mode=root \
-  --include=python3,python3-bpfcc,python3-typer,python3-prometheus-client,python3-pytest,iproute2,nftables,kmod,procps,util-linux \
+  --include=python3,python3-bpfcc,python3-typer,python3-rich,python3-prometheus-client,python3-pytest,iproute2,nftables,kmod,procps,util-linux \
   --customize-hook="$kernel_hook" \
   --customize-hook="install -m 0755 '$here/guest-boot.sh' \"\$1/sbin/tcptrace-vm-init\"" \
   --customize-hook='rm -rf "$1"/usr/share/doc/* "$1"/usr/share/man/* "$1"/var/cache/apt/*.bin' \

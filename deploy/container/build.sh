@@ -37,7 +37,7 @@ install -m 0755 "'"$repo"'"/scripts/kernel-headers.sh "'"$repo"'"/scripts/apt-in
   "'"$repo"'"/scripts/debian-mirror.sh "$1/usr/local/lib/tcptrace-bpf/"'
 log "building a trixie root from $mirror with $(basename "$wheel")"
 mmdebstrap --quiet --variant=minbase --mode=root --format=tar \
-  --include=python3,python3-bpfcc,python3-typer,python3-prometheus-client \
+  --include=python3,python3-bpfcc,python3-typer,python3-rich,python3-prometheus-client \
   --customize-hook="$install_hook" \
   --customize-hook='rm -rf "$1"/usr/share/doc/* "$1"/usr/share/man/* "$1"/usr/share/locale/* "$1"/var/cache/apt/*.bin' \
   trixie "$work/root.tar" "$mirror"

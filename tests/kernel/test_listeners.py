@@ -168,3 +168,25 @@ def test_exporter_series_equal_the_mib():
             assert series.get(key, 0) == want[reason], (sc["scenario"], key)
         key = f'tcptrace_syncookies_sent_total{{port="{lst["port"]}"}}'
         assert series.get(key, 0) == want["syncookies_sent"], (sc["scenario"], key)
+
+
+def test_record_then_replay_gives_the_listener_lines(tmp_path):
+    """`record` keeps the listener table each interval; `replay --json` makes trace's
+    listener lines of it, with the same totals as the namespace's MIB."""
+    kernel_ready()
+    rec = tmp_path / "listeners.rec"
+    recorder = Background(TOOL + ["record", str(rec)], "recording to")
+    recorder.wait_started(START_TIMEOUT)
+    try:
+        sc = run_scenario("synq_full")
+        time.sleep(1.5)
+    finally:
+        recorder.stop()
+    out = subprocess.run(TOOL + ["replay", "--json", str(rec)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    mine = [x for x in lines if x["type"] == "listener" and x["netns"] == sc["netns"]
+            and x["pid"] == sc["pid"]]
+    assert totals(mine) == oracle(sc["mib"]) and mine
+    assert {x["type"] for x in lines} <= {"open", "listener"}
