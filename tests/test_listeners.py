@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tcptrace_bpf.listeners import (Counts, Listener, ListenerReport, ListenerWatch, OTHER_PORT,
-                                    PortFolder, table)
+from tcptrace_bpf.listeners import (ListenerReport, ListenerWatch, OTHER_PORT, PortFolder,
+                                    listener_from_dict, table)
 from tcptrace_bpf.sinks import text
 from tcptrace_bpf.tracker import Match
 
@@ -20,13 +20,8 @@ def load(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def listeners_of(snapshot: dict) -> list[Listener]:
-    out = []
-    for d in snapshot["listeners"]:
-        c = d.pop("counts")
-        out.append(Listener(**d, counts=Counts(tuple(c["drops"]), c["syncookies_sent"],
-                                                c["synack_retransmits"], c["passive_opens"])))
-    return out
+def listeners_of(snapshot: dict) -> list:
+    return [listener_from_dict(d) for d in snapshot["listeners"]]
 
 
 def feed(doc: dict, match=None) -> list[ListenerReport]:
@@ -118,7 +113,9 @@ def test_port_folder_bounds_the_label_and_counts_what_it_folds():
 
 def test_table_is_worst_first_from_a_real_snapshot():
     doc = load("multi_listener")
-    last = listeners_of(doc["snapshots"][-2])  # before they closed
-    rows = table(last, {}, 1.0)
+    last = [snap for snap in doc["snapshots"]  # the last one before they closed
+            if snap["listeners"] and not any(x["closed"] for x in snap["listeners"])][-1]
+    rows = table(listeners_of(last), {}, 1.0)
+    assert len(rows) == 3
     drops = [sum(r.listener.counts.drops) for r in rows]
     assert drops == sorted(drops, reverse=True) and drops[0] > 0
