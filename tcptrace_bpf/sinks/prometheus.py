@@ -119,12 +119,17 @@ class ListenerMetrics:
 
     def collect(self):
         label = self.folder.label
+        listeners = self.listeners()
+        # a listening port's counters exist at 0 before its first trouble, so that
+        # increase() sees that trouble (a series born above 0 hides its first jump)
+        ports = {lst.port: Counts() for lst in listeners if not lst.closed and lst.port}
+        ports.update(self.ports())
         per_port: dict[str, Counts] = {}
-        for port, counts in sorted(self.ports().items()):
+        for port, counts in sorted(ports.items()):
             name = label(port)
             per_port[name] = per_port.get(name, Counts()).plus(counts)
         queues: dict[str, list[int]] = {}  # port -> [accept, syn, limit]
-        for lst in self.listeners():
+        for lst in listeners:
             if lst.accept_queue is None:
                 continue  # closed, or not readable
             q = queues.setdefault(label(lst.port), [0, 0, 0])
