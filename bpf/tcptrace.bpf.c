@@ -569,6 +569,22 @@ static __always_inline bool matches_request(struct __sk_buff *skb, bool v6, u32 
 	return req;
 }
 
+/* Whether the kernel would take an ACK to this listener as a SYN cookie: only within two
+ * minutes of the listener's last SYN-queue overflow or cookie (tcp_synq_no_recent_overflow(),
+ * whose stamp cookie_init_sequence() sets for every cookie sent); a listener that never had
+ * one has a zero stamp, and needs no socket lookup per final ACK (the lookup was a third of
+ * this program's time at full churn). Reuseport groups keep their stamp elsewhere: always
+ * looked up. */
+static __always_inline bool cookies_possible(u64 sk)
+{
+	u32 stamp = 0;
+	u64 reuse = 0;
+
+	TT_READ(stamp, (void *)sk, OFF_TCP_TS_RECENT_STAMP);
+	TT_READ(reuse, (void *)sk, OFF_SK_REUSEPORT_CB);
+	return stamp || reuse;
+}
+
 /* cgroup_skb ingress at the cgroup2 root: every packet on the host that has a socket. It
  * always returns 1 (pass): it only looks. */
 int tt_listen_ingress(struct __sk_buff *skb)
@@ -581,10 +597,12 @@ int tt_listen_ingress(struct __sk_buff *skb)
 	u8 b0 = 0, proto = 0, flags = 0;
 	bool v6;
 
-	if (!sk)
+	/* every packet with a socket comes here: leave before any helper unless it is for a
+	 * listener (state is readable on any socket; protocol needs the full socket) */
+	if (!sk || sk->state != BPF_TCP_LISTEN)
 		return 1;
 	sk = bpf_sk_fullsock(sk);
-	if (!sk || sk->state != BPF_TCP_LISTEN || sk->protocol != IPPROTO_TCP)
+	if (!sk || sk->protocol != IPPROTO_TCP)
 		return 1;
 	v6 = skb->protocol == bpf_htons(ETH_P_IPV6);
 	if (v6) {
@@ -628,7 +646,7 @@ int tt_listen_ingress(struct __sk_buff *skb)
 	} else if ((flags & (TT_SYN | TT_ACK)) == TT_ACK) {
 		b->kind = TT_PKT_ACK;
 		b->contended = 0;
-		b->cookie = !matches_request(skb, v6, thoff);
+		b->cookie = cookies_possible(b->listener) && !matches_request(skb, v6, thoff);
 	} else {
 		return 1;
 	}
@@ -652,7 +670,9 @@ static __always_inline void on_skb_freed(u64 skb, int reason)
 		return;
 	now = sk_drops(b->listener);
 	if (b->kind == TT_PKT_SYN) {
-		if (b->contended || l->inflight > 1)
+		/* overlapped by another CPU's SYN on this listener: what this one's predicates say
+		 * may be that one's (only when there is something to say: a drop or a cookie) */
+		if ((b->contended || l->inflight > 1) && (now != b->drops_before || b->want_cookie))
 			count(TT_STAT_LISTEN_DROP_INFERRED);
 		__sync_fetch_and_add(&l->inflight, -1);
 		if (now != b->drops_before)

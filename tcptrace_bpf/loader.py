@@ -61,6 +61,8 @@ OFFSETS = {
     "OFF_ICSK_SYN_QLEN": ("inet_connection_sock", "icsk_accept_queue.qlen"),
     "OFF_NET_SYNCOOKIES": ("net", "ipv4.sysctl_tcp_syncookies"),
     "OFF_REQ_RSK_LISTENER": ("request_sock", "__req_common.skc_listener"),
+    "OFF_TCP_TS_RECENT_STAMP": ("tcp_sock", "rx_opt.ts_recent_stamp"),
+    "OFF_SK_REUSEPORT_CB": ("sock", "sk_reuseport_cb"),
 }
 # -D name -> (enum, member): kernel constants whose numbers move between versions
 ENUMS = {
