@@ -412,7 +412,8 @@ static __always_inline void mode_resolve(struct tcptrace_record *r, void *sk)
 #define TT_PKT_ACK 2
 
 struct listen_pkt {
-	u64 skb;          /* 0: no bracket open on this CPU */
+	u64 skb;          /* 0: this slot holds no open bracket */
+	u64 opened_ns;
 	u64 listener;
 	u32 drops_before; /* the listener's sk_drops at the open */
 	u16 rport;        /* the peer's port: the child's dport */
@@ -423,7 +424,56 @@ struct listen_pkt {
 	u8  contended;
 	u8  _pad;
 };
-BPF_PERCPU_ARRAY(listen_pkt, struct listen_pkt, 1);
+/* Two slots per CPU: a segment's processing can be interrupted by another's on the same CPU
+ * (measured: one SYN bracket in about a hundred was overwritten before its SYN was freed, in
+ * scenarios run back to back), so slot 1 holds the inner bracket while slot 0's is open. A
+ * bracket open longer than TT_BRACKET_STALE_NS is no outer one: its skb was freed unseen
+ * (an ACK whose data went to the child, always; a SYN, counted as listen_unclosed). */
+#define TT_BRACKET_STALE_NS 10000000ULL
+BPF_PERCPU_ARRAY(listen_pkt, struct listen_pkt, 2);
+
+static __always_inline void retire(struct listen_pkt *b)
+{
+	struct tcptrace_listener *l;
+
+	if (b->skb && b->kind == TT_PKT_SYN) {
+		count(TT_STAT_LISTEN_UNCLOSED);
+		if ((l = listen_socks.lookup(&b->listener)))
+			__sync_fetch_and_add(&l->inflight, -1);
+	}
+	b->skb = 0;
+}
+
+/* The slot for a new bracket: 0 if free (or stale), else 1 (nested in 0's). */
+static __always_inline struct listen_pkt *bracket_slot(u64 now)
+{
+	u32 i0 = 0, i1 = 1;
+	struct listen_pkt *b0 = listen_pkt.lookup(&i0), *b1 = listen_pkt.lookup(&i1);
+
+	if (!b0 || !b1)
+		return NULL;
+	if (b0->skb && now - b0->opened_ns > TT_BRACKET_STALE_NS)
+		retire(b0);
+	if (b1->skb && now - b1->opened_ns > TT_BRACKET_STALE_NS)
+		retire(b1);
+	if (!b0->skb)
+		return b0;
+	if (b1->skb)
+		retire(b1); /* a third level: not seen on this kernel */
+	return b1;
+}
+
+/* The open bracket of `skb` on this CPU (the inner one first), or NULL. */
+static __always_inline struct listen_pkt *bracket_of(u64 skb)
+{
+	u32 i0 = 0, i1 = 1;
+	struct listen_pkt *b = listen_pkt.lookup(&i1);
+
+	if (b && b->skb && b->skb == skb)
+		return b;
+	b = listen_pkt.lookup(&i0);
+	return b && b->skb && b->skb == skb ? b : NULL;
+}
 
 static __always_inline void add(u64 *slot, u64 by)
 {
@@ -592,7 +642,8 @@ int tt_listen_ingress(struct __sk_buff *skb)
 	struct bpf_sock *sk = skb->sk;
 	struct listen_pkt *b;
 	struct tcptrace_listener *l;
-	u32 zero = 0, thoff = 0;
+	u32 thoff = 0;
+	u64 now;
 	u16 rport = 0;
 	u8 b0 = 0, proto = 0, flags = 0;
 	bool v6;
@@ -617,19 +668,13 @@ int tt_listen_ingress(struct __sk_buff *skb)
 	if (proto != IPPROTO_TCP || bpf_skb_load_bytes(skb, thoff + 13, &flags, 1) ||
 	    bpf_skb_load_bytes(skb, thoff, &rport, 2))
 		return 1;
-	b = listen_pkt.lookup(&zero);
-	if (!b)
-		return 1;
-	if (b->skb && b->kind == TT_PKT_SYN) {
-		/* the last SYN bracket on this CPU never closed: its SYN was freed another way.
-		 * (An ACK's often does not: its data is queued to the child.) */
-		count(TT_STAT_LISTEN_UNCLOSED);
-		if ((l = listen_socks.lookup(&b->listener)))
-			__sync_fetch_and_add(&l->inflight, -1);
-	}
-	b->skb = 0;
 	if (flags & TT_RST)
 		return 1;
+	now = bpf_ktime_get_ns();
+	b = bracket_slot(now);
+	if (!b)
+		return 1;
+	b->opened_ns = now;
 	b->listener = as_addr(sk);
 	l = listener_of(b->listener);
 	if (!l)
@@ -658,11 +703,11 @@ int tt_listen_ingress(struct __sk_buff *skb)
  * both alike) or dropped with a reason. */
 static __always_inline void on_skb_freed(u64 skb, int reason)
 {
-	u32 zero = 0, now;
-	struct listen_pkt *b = listen_pkt.lookup(&zero);
+	u32 now;
+	struct listen_pkt *b = bracket_of(skb);
 	struct tcptrace_listener *l;
 
-	if (!b || !b->skb || b->skb != skb)
+	if (!b)
 		return;
 	b->skb = 0;
 	l = listen_socks.lookup(&b->listener);
@@ -697,16 +742,18 @@ static __always_inline void on_skb_freed(u64 skb, int reason)
 /* A passive child is being born (LISTEN > SYN_RECV): of the segment in this CPU's bracket. */
 static __always_inline u8 child_flags(void *child)
 {
-	u32 zero = 0;
+	u32 i0 = 0, i1 = 1;
 	u16 dport = 0;
-	struct listen_pkt *b = listen_pkt.lookup(&zero);
+	struct listen_pkt *b = listen_pkt.lookup(&i1);
 	struct tcptrace_listener *l;
 
-	if (!b || !b->skb)
-		return 0;
 	TT_READ(dport, child, OFF_SKC_DPORT);
-	if (ntohs(dport) != b->rport)
-		return 0; /* not this segment's child: a bracket that never closed */
+	dport = ntohs(dport);
+	/* the inner bracket first; the peer's port tells a stale one apart */
+	if (!b || !b->skb || b->rport != dport)
+		b = listen_pkt.lookup(&i0);
+	if (!b || !b->skb || b->rport != dport)
+		return 0;
 	l = listen_socks.lookup(&b->listener);
 	if (l)
 		listen_count(l, TT_COUNT_CHILD);
