@@ -89,6 +89,11 @@ static __always_inline void count(int idx)
 #endif
 BPF_HASH(listen_socks, u64, struct tcptrace_listener, MAX_LISTEN_SOCKS);
 BPF_HASH(listen_ports, u32, struct tcptrace_listen_counts, MAX_LISTEN_PORTS);
+#ifndef BACKEND_TRACEPOINT
+/* a passive child's open_flags from its birth to the first state change these backends see
+ * (LRU: a child destroyed before that leaves an entry the next ones push out) */
+BPF_TABLE("lru_hash", u64, u8, child_open_flags, 16384);
+#endif
 
 /* the state an open's entry last saw */
 static __always_inline u8 last_state(struct tcptrace_record *r)
@@ -967,6 +972,13 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 		r = begin(key, sk, TCP_LISTEN, 0);
 		if (!r)
 			return;
+#ifndef BACKEND_TRACEPOINT
+		u8 *f = child_open_flags.lookup(&key);
+		if (f) {
+			r->open_flags = *f;
+			child_open_flags.delete(&key);
+		}
+#endif
 		push_state(r, TCP_SYN_RECV);
 	}
 	if (last_state(r) != old) {
@@ -1144,6 +1156,14 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 	}
 #ifdef BACKEND_TRACEPOINT
 	on_state(sk, old, new, true);
+#else
+	if (old == TCP_LISTEN && new == TCP_SYN_RECV) {
+		/* kprobe/fentry begin a passive open only at SYN_RECV > ESTABLISHED, outside the
+		 * bracket of the segment that made the child: its flags wait here for begin() */
+		u64 key = (u64)sk;
+		u8 f = child_flags(sk);
+		child_open_flags.update(&key, &f);
+	}
 #endif
 	return 0;
 }
