@@ -752,12 +752,15 @@ static __always_inline u8 child_flags(void *child)
 	struct listen_pkt *b = listen_pkt.lookup(&i1);
 	struct tcptrace_listener *l;
 
+	u64 now = bpf_ktime_get_ns();
+
 	TT_READ(dport, child, OFF_SKC_DPORT);
 	dport = ntohs(dport);
-	/* the inner bracket first; the peer's port tells a stale one apart */
-	if (!b || !b->skb || b->rport != dport)
+	/* the inner bracket first; the peer's port tells a stale one apart where the child has
+	 * it already (6.18 sets the state after the ports; 6.12 before: 0, then freshness) */
+	if (!b || !b->skb || (dport ? b->rport != dport : now - b->opened_ns > TT_BRACKET_STALE_NS))
 		b = listen_pkt.lookup(&i0);
-	if (!b || !b->skb || b->rport != dport)
+	if (!b || !b->skb || (dport ? b->rport != dport : now - b->opened_ns > TT_BRACKET_STALE_NS))
 		return 0;
 	l = listen_socks.lookup(&b->listener);
 	if (l)
