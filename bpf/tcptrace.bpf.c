@@ -486,12 +486,26 @@ static __always_inline void add(u64 *slot, u64 by)
 		__sync_fetch_and_add(slot, by);
 }
 
-/* Count for the listener and for its port (port 0: the port map was full). */
+#define TT_COUNT_COOKIE  TT_NDROPS
+#define TT_COUNT_SYNACK  (TT_NDROPS + 1)
+#define TT_COUNT_CHILD   (TT_NDROPS + 2)
+
+/* Count for the listener and, for drops and cookies, its port (port 0: the map was full). */
 static __always_inline void listen_count(struct tcptrace_listener *l, int what)
 {
 	u32 port = l->port;
 	struct tcptrace_listen_counts zero = {}, *p;
 
+	/* children (one per connection) and SYN-ACK re-sends are per listener only: the
+	 * per-port series are drops and cookies, and the port lookup is not free */
+	if (what == TT_COUNT_CHILD) {
+		add(&l->c.passive_opens, 1);
+		return;
+	}
+	if (what == TT_COUNT_SYNACK) {
+		add(&l->c.synack_retransmits, 1);
+		return;
+	}
 	p = listen_ports.lookup_or_try_init(&port, &zero);
 	if (!p) {
 		count(TT_STAT_LISTEN_PORT_FULL);
@@ -503,23 +517,12 @@ static __always_inline void listen_count(struct tcptrace_listener *l, int what)
 		add(&l->c.drops[what], 1);
 		if (p)
 			add(&p->drops[what], 1);
-	} else if (what == TT_NDROPS) {
+	} else {
 		add(&l->c.syncookies_sent, 1);
 		if (p)
 			add(&p->syncookies_sent, 1);
-	} else if (what == TT_NDROPS + 1) {
-		add(&l->c.synack_retransmits, 1);
-		if (p)
-			add(&p->synack_retransmits, 1);
-	} else {
-		add(&l->c.passive_opens, 1);
-		if (p)
-			add(&p->passive_opens, 1);
 	}
 }
-#define TT_COUNT_COOKIE  TT_NDROPS
-#define TT_COUNT_SYNACK  (TT_NDROPS + 1)
-#define TT_COUNT_CHILD   (TT_NDROPS + 2)
 
 /* The listener's entry; created from the socket itself for a listener older than the tracer
  * (its owner, when known, from the owners table: listeners older than the tracer). */

@@ -128,7 +128,7 @@ struct tcptrace_listen_counts {
 	__u64 syncookies_sent;
 	__u64 synack_retransmits;
 	__u64 passive_opens;      /* children born (LISTEN > SYN_RECV) */
-};
+};                                /* (per port: drops and cookies only, the rest stays 0) */
 
 struct tcptrace_listener {
 	struct tcptrace_listen_counts c;
