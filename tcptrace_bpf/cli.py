@@ -120,15 +120,19 @@ NETNS = typer.Option(None, callback=_inode("network namespace"), metavar="INODE|
                      help="Only this network namespace: inode, /proc/PID/ns/net or /run/netns/NAME.")
 CGROUP = typer.Option(None, callback=_inode("cgroup"), metavar="ID|PATH",
                       help="Only this cgroup (v2): id, or its directory under the cgroup2 mount.")
+FAILED = typer.Option(False, "--failed", help="Only opens whose outcome is not established.")
+SLOW = typer.Option(None, "--slow", min=0.0, metavar="SECONDS",
+                    help="Only opens that took at least SECONDS or re-sent a SYN or SYN-ACK "
+                         "(with --failed: opens that match either).")
 # declared as a str for typer; the callback hands the command an open stream (or None)
 SUMMARY_JSON = typer.Option(None, "--summary-json", callback=_summary_json, metavar="FILE|-",
                             help="At exit, also write the summary as one JSON document to "
                                  "FILE (- : one line on stderr). Keys: README.")
 
 
-def _match(port, family, pid, netns, cgroup) -> Match:
+def _match(port, family, pid, netns, cgroup, failed=False, slow=None) -> Match:
     return Match(port=port, family=int(family.value) if family else None, pid=pid,
-                 netns=netns, cgroup=cgroup)
+                 netns=netns, cgroup=cgroup, failed=failed, slow=slow)
 
 
 def _live(attach, max_sockets, events, duration, half_open, match=Match()):
@@ -176,6 +180,7 @@ def trace(
     json_out: bool = typer.Option(False, "--json", help="One JSON object per line."),
     port: Optional[int] = PORT, family: Optional[Family] = FAMILY, pid: Optional[int] = PID,
     netns: Optional[str] = NETNS, cgroup: Optional[str] = CGROUP,
+    failed: bool = FAILED, slow: Optional[float] = SLOW,
     duration: Optional[float] = DURATION, attach: Attach = ATTACH,
     events: bool = typer.Option(False, "--events", help="Also print every raw probe event."),
     max_sockets: int = MAX_SOCKETS, half_open_timeout: float = HALF_OPEN,
@@ -188,7 +193,7 @@ def trace(
     trouble each interval; a summary at exit."""
     from .session import run
     opts = _live(attach, max_sockets, events, duration, half_open_timeout,
-                 _match(port, family, pid, netns, cgroup))
+                 _match(port, family, pid, netns, cgroup, failed, slow))
     opts.listener_interval, opts.listener_lines = listener_interval, True
     try:
         summary = run(opts, _printer(json_out),
@@ -236,6 +241,7 @@ def replay(
                                          "opens as Prometheus metrics on HOST:PORT until Ctrl-C."),
     port: Optional[int] = PORT, family: Optional[Family] = FAMILY, pid: Optional[int] = PID,
     netns: Optional[str] = NETNS, cgroup: Optional[str] = CGROUP,
+    failed: bool = FAILED, slow: Optional[float] = SLOW,
     duration: Optional[float] = typer.Option(None, min=0.0, help="With --listen: serve this "
                                              "many seconds, then exit."),
     summary_json: Optional[str] = SUMMARY_JSON,
@@ -243,7 +249,7 @@ def replay(
     """Feed a recording to the same tracker and outputs as live; needs no privileges."""
     from .replay import replay as run_replay
     from .session import Signals
-    match = _match(port, family, pid, netns, cgroup)
+    match = _match(port, family, pid, netns, cgroup, failed, slow)
     exporter = None
     if listen:
         from .endpoint import NOT_REPLAYED_YET, Exporter, ServeOptions

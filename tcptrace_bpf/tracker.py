@@ -24,13 +24,23 @@ _EXPIRY_SLACK_S = 1.0
 
 @dataclass(frozen=True)
 class Match:
-    """Which opens to keep: --port (either side), --family, --pid, --netns, --cgroup.
-    Raw probe events carry no process, so --pid and --cgroup leave them out."""
+    """Which opens to keep: --port (either side), --family, --pid, --netns, --cgroup, and
+    what went wrong: --failed (outcome not established), --slow S (took at least S seconds,
+    or re-sent a SYN or SYN-ACK); with both, an open that matches either is kept.
+    Raw probe events carry no process or outcome, so --pid, --cgroup, --failed and --slow
+    leave them out. A live run decides the same in the kernel (bpf/tcptrace.bpf.c,
+    "filters"); this is what replay applies, and what a live run checks again."""
     port: Optional[int] = None
     family: Optional[int] = None
     pid: Optional[int] = None
     netns: Optional[int] = None
     cgroup: Optional[int] = None
+    failed: bool = False
+    slow: Optional[float] = None
+
+    @property
+    def by_result(self) -> bool:
+        return self.failed or self.slow is not None
 
     def __call__(self, item: Union[OpenAttempt, ProbeEvent]) -> bool:
         if self.port is not None and self.port not in (item.sport, item.dport):
@@ -39,12 +49,28 @@ class Match:
             return False
         if self.netns is not None and item.netns != self.netns:
             return False
-        if self.pid is None and self.cgroup is None:
+        if self.pid is None and self.cgroup is None and not self.by_result:
             return True
         if isinstance(item, ProbeEvent):
             return False
-        return ((self.pid is None or item.pid == self.pid)
-                and (self.cgroup is None or item.cgroup == self.cgroup))
+        if not ((self.pid is None or item.pid == self.pid)
+                and (self.cgroup is None or item.cgroup == self.cgroup)):
+            return False
+        return not self.by_result or self._went_wrong(item)
+
+    def _went_wrong(self, item: OpenAttempt) -> bool:
+        if self.failed and item.outcome is not Outcome.ESTABLISHED:
+            return True
+        if self.slow is None:
+            return False
+        if item.syn_retransmits or item.synack_retransmits:
+            return True
+        # in whole nanoseconds, as the kernel compares (slow_ns(), TT_FILTER_SLOW_NS)
+        return item.duration_s is not None and round(item.duration_s * 1e9) >= self.slow_ns
+
+    @property
+    def slow_ns(self) -> int:
+        return round(self.slow * 1e9) if self.slow is not None else 0
 
     def listener(self, lst) -> bool:
         """The same filters for a listening socket (listeners.Listener): its port, its
