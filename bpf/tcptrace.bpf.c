@@ -103,23 +103,20 @@ static __always_inline u8 last_state(struct tcptrace_record *r)
 
 #define TT_READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(base) + (off))
 
-/* ---------------------------------------------------------------- export mode
- * Name a resolved open's path and outcome exactly as tcptrace_bpf/tracker.py does, and
- * count it here, so Python does no work per connection. (In this file, not a header: bcc
- * rewrites map calls only in the main source.)
- *   agg_handshakes[(path * TT_NOUTCOMES + outcome) * TT_NFAMILIES + family]
+/* ---------------------------------------------------------------- classification
+ * Name a resolved open's path and outcome exactly as tcptrace_bpf/tracker.py does, and count
+ * it here: export mode counts every open so Python does no work per connection; trace and
+ * record count the opens their filters keep, so their summary is exact whatever the ring
+ * buffer dropped. (In this file, not a header: bcc rewrites map calls only in the main
+ * source.)
+ *   agg_handshakes[(path * TT_NOUTCOMES + outcome) * TT_NFAMILIES + family]   (every mode)
+ * Export mode only:
  *   agg_rtx[path] SYNs re-sent; agg_rtx[TT_NPATHS] SYN-ACKs re-sent
  *   agg_duration[(path * TT_NFAMILIES + family) * (TT_NBUCKETS + 2) + i]: i < TT_NBUCKETS
  *     opens within bucket i (not cumulative), TT_NBUCKETS above the last bound, then the
  *     sum of durations in ns.
  * The loader gives TT_NBUCKETS (at most 32) and the upper bounds in ns as TT_B0..TT_B31. */
-#ifdef TCPTRACE_AGGREGATE
-#define TT_HIST_STRIDE (TT_NBUCKETS + 2)
-
 BPF_PERCPU_ARRAY(agg_handshakes, u64, TT_NPATHS * TT_NOUTCOMES * TT_NFAMILIES);
-BPF_PERCPU_ARRAY(agg_rtx, u64, TT_NPATHS + 1);
-BPF_PERCPU_ARRAY(agg_duration, u64, TT_NPATHS * TT_NFAMILIES * TT_HIST_STRIDE);
-BPF_PERCPU_ARRAY(agg_flagged, u64, TT_NPATHS * TT_NOPENFLAGS);
 
 static __always_inline int open_path(struct tcptrace_record *r)
 {
@@ -163,11 +160,40 @@ static __always_inline int open_outcome(struct tcptrace_record *r)
 	return rst ? TT_OUT_RESET : TT_OUT_ABORTED;
 }
 
+#define TT_NO_DURATION ((u64)-1)
+
+/* How long the open took, as the tracker's duration_s: a cookie-born child has no SYN-ACK
+ * send time; an established passive child the kernel's own SYN-ACK -> ACK time; otherwise
+ * start to resolution, unknown for an open that began before tracing. */
+static __always_inline u64 open_duration(struct tcptrace_record *r, int path, int outcome)
+{
+	if (r->open_flags & TT_OF_SYNCOOKIE)
+		return TT_NO_DURATION;
+	if (path == TT_PATH_PASSIVE && outcome == TT_OUT_ESTABLISHED && r->passive_us)
+		return (u64)r->passive_us * 1000;
+	if (r->start_ns)
+		return r->ts_ns - r->start_ns;
+	return TT_NO_DURATION;
+}
+
 static __always_inline void bump(u64 *slot, u64 by)
 {
 	if (slot)
 		*slot += by; /* per-CPU: no other writer */
 }
+
+static __always_inline void count_open(struct tcptrace_record *r, int path, int outcome)
+{
+	int idx = (path * TT_NOUTCOMES + outcome) * TT_NFAMILIES + (r->family == AF_INET6);
+	bump(agg_handshakes.lookup(&idx), 1);
+}
+
+#ifdef TCPTRACE_AGGREGATE
+#define TT_HIST_STRIDE (TT_NBUCKETS + 2)
+
+BPF_PERCPU_ARRAY(agg_rtx, u64, TT_NPATHS + 1);
+BPF_PERCPU_ARRAY(agg_duration, u64, TT_NPATHS * TT_NFAMILIES * TT_HIST_STRIDE);
+BPF_PERCPU_ARRAY(agg_flagged, u64, TT_NPATHS * TT_NOPENFLAGS);
 
 static __always_inline void aggregate(struct tcptrace_record *r)
 {
@@ -180,8 +206,7 @@ static __always_inline void aggregate(struct tcptrace_record *r)
 	}
 	outcome = open_outcome(r);
 	fam = r->family == AF_INET6;
-	idx = (path * TT_NOUTCOMES + outcome) * TT_NFAMILIES + fam;
-	bump(agg_handshakes.lookup(&idx), 1);
+	count_open(r, path, outcome);
 	if (r->syn_retrans) {
 		idx = path;
 		bump(agg_rtx.lookup(&idx), r->syn_retrans);
@@ -198,14 +223,11 @@ static __always_inline void aggregate(struct tcptrace_record *r)
 		idx = path * TT_NOPENFLAGS + 1;
 		bump(agg_flagged.lookup(&idx), 1);
 	}
-	if (outcome != TT_OUT_ESTABLISHED || (r->open_flags & TT_OF_SYNCOOKIE))
-		return; /* a cookie-born child has no SYN-ACK send time: no duration */
-	if (path == TT_PATH_PASSIVE && r->passive_us)
-		d = (u64)r->passive_us * 1000;
-	else if (r->start_ns)
-		d = r->ts_ns - r->start_ns;
-	else
-		return; /* began before tracing: no duration */
+	if (outcome != TT_OUT_ESTABLISHED)
+		return;
+	d = open_duration(r, path, outcome);
+	if (d == TT_NO_DURATION)
+		return; /* a cookie-born child, or an open that began before tracing */
 	/* constants, not an array: bcc would place an array's initializer in .rodata */
 #define TT_BUCKET(n) if (TT_NBUCKETS > n && d <= TT_B##n) { i = n; goto found; }
 	TT_BUCKET(0) TT_BUCKET(1) TT_BUCKET(2) TT_BUCKET(3) TT_BUCKET(4) TT_BUCKET(5)
@@ -343,6 +365,64 @@ static __always_inline void owned_by(struct tcptrace_record *r, struct tcptrace_
 	}
 }
 
+/* ---------------------------------------------------------------- filters
+ * trace's --port, --family, --netns, --pid, --cgroup, --failed and --slow, decided here before
+ * a record is reserved: an open no filter keeps costs no ring-buffer record and no Python
+ * work. The loader gives each one in use as a constant (tcptrace_bpf/loader.py
+ * filter_cflags()), so an unused filter compiles to nothing. Same semantics as
+ * tracker.Match, which replay applies and a live run applies again:
+ *   TT_FILTER_PORT     local or peer port        TT_FILTER_FAMILY  AF_INET or AF_INET6
+ *   TT_FILTER_NETNS    namespace inode           TT_FILTER_PID     connect() caller or
+ *   TT_FILTER_CGROUP   cgroup v2 id                                listener owner (tgid)
+ *   TT_FILTER_FAILED   outcome not established   TT_FILTER_SLOW_NS took at least this long,
+ *   (with both of the last two: either)                            or re-sent a SYN/SYN-ACK */
+static __always_inline bool where_wanted(struct tcptrace_record *r)
+{
+#ifdef TT_FILTER_PORT
+	if (r->sport != TT_FILTER_PORT && r->dport != TT_FILTER_PORT)
+		return false;
+#endif
+#ifdef TT_FILTER_FAMILY
+	if (r->family != TT_FILTER_FAMILY)
+		return false;
+#endif
+#ifdef TT_FILTER_NETNS
+	if (r->netns != TT_FILTER_NETNS)
+		return false;
+#endif
+#ifdef TT_FILTER_PID
+	if (r->pid != TT_FILTER_PID)
+		return false;
+#endif
+#ifdef TT_FILTER_CGROUP
+	if (r->cgroup_id != TT_FILTER_CGROUP)
+		return false;
+#endif
+	return true;
+}
+
+#if defined(TT_FILTER_FAILED) || defined(TT_FILTER_SLOW_NS)
+#define TT_FILTER_BY_RESULT 1
+#else
+#define TT_FILTER_BY_RESULT 0
+#endif
+
+static __always_inline bool result_wanted(struct tcptrace_record *r, int path, int outcome)
+{
+	if (!TT_FILTER_BY_RESULT)
+		return true;
+#ifdef TT_FILTER_FAILED
+	if (outcome != TT_OUT_ESTABLISHED)
+		return true;
+#endif
+#ifdef TT_FILTER_SLOW_NS
+	u64 d = open_duration(r, path, outcome);
+	if (r->syn_retrans || r->synack_retrans || (d != TT_NO_DURATION && d >= TT_FILTER_SLOW_NS))
+		return true;
+#endif
+	return false;
+}
+
 /* ---------------------------------------------------------------- per mode
  * Where trace and export mode differ inside the handlers, gathered here so each handler
  * reads the same in both:
@@ -393,7 +473,27 @@ static __always_inline void mode_begin(struct tcptrace_record *r, void *sk, int 
 
 static __always_inline void mode_resolve(struct tcptrace_record *r, void *sk)
 {
+	int path, outcome;
+
 	read_ports(sk, r); /* an active open's local port is bound after SYN_SENT */
+	path = open_path(r);
+	if (path < 0) {
+		count(TT_STAT_UNKNOWN_TRANSITION);
+		return;
+	}
+	if (!where_wanted(r))
+		return;
+	outcome = open_outcome(r);
+	if (!result_wanted(r, path, outcome)) {
+		/* Not shown, but a passive child whose request re-sent SYN-ACKs still crosses: the
+		 * tracker holds that request (KIND_REQ_SYNACK_RTX, which --failed keeps) and must see
+		 * it resolve, or it would report a timeout. Rare: a SYN-ACK was lost. The tracker's
+		 * own Match does not show it. */
+		if (path == TT_PATH_PASSIVE && r->synack_retrans)
+			submit(r);
+		return;
+	}
+	count_open(r, path, outcome);
 	submit(r);
 }
 #endif
@@ -1107,7 +1207,10 @@ static __always_inline void on_req_synack_rtx(void *listener, void *req)
 	owned_by(&r, &k);
 	r.nstates = 1;
 	r.states[0] = TCP_NEW_SYN_RECV;
-	submit(&r);
+	/* --failed and --slow keep it: the request ends in a timeout (failed) or a child that
+	 * re-sent a SYN-ACK (slow) */
+	if (where_wanted(&r))
+		submit(&r);
 }
 
 /* ---------------------------------------------------------------- entry points */

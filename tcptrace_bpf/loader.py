@@ -15,11 +15,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import bpfsys
+from . import bpfsys, wire
 from .btf import BTF, BTFError, VMLINUX_BTF
 from .listeners import Counts, Listener, counts_of, from_kernel
 from .ringbuf import RingReader
+from .model import OpenPath, Outcome
 from .summary import KERNEL_STATS, LossReason
+from .tracker import Match
 
 # The C programs are package data (bpf/ in the tree, tcptrace_bpf/bpf/ once installed); bcc
 # wants a file path and an include directory, which a package on a file system gives.
@@ -100,6 +102,8 @@ class Settings:
     events: bool = False         # also emit one record per probe hit
     # export mode: count opens in kernel maps, histogram bounds in seconds (empty: off)
     aggregate_buckets: tuple[float, ...] = ()
+    # trace's filters, decided in the kernel (filter_cflags); the default keeps everything
+    match: Match = Match()
 
 
 @dataclass(frozen=True)
@@ -191,11 +195,32 @@ def offset_cflags(btf_path: Path = VMLINUX_BTF) -> tuple[list[str], str]:
     return flags, "BTF"
 
 
+def filter_cflags(match: Match) -> list[str]:
+    """The filters in use as constants of bpf/tcptrace.bpf.c ("filters"): one -D each."""
+    flags = []
+    if match.port is not None:
+        flags.append(f"-DTT_FILTER_PORT={match.port}")
+    if match.family is not None:
+        flags.append(f"-DTT_FILTER_FAMILY={wire.AF_INET if match.family == 4 else wire.AF_INET6}")
+    if match.netns is not None:
+        flags.append(f"-DTT_FILTER_NETNS={match.netns}U")
+    if match.pid is not None:
+        flags.append(f"-DTT_FILTER_PID={match.pid}U")
+    if match.cgroup is not None:
+        flags.append(f"-DTT_FILTER_CGROUP={match.cgroup}ULL")
+    if match.failed:
+        flags.append("-DTT_FILTER_FAILED")
+    if match.slow is not None:
+        flags.append(f"-DTT_FILTER_SLOW_NS={match.slow_ns}ULL")
+    return flags
+
+
 def cflags(backend: Backend, settings: Settings, offsets: list[str]) -> list[str]:
     # -w: the headers tree warns about itself; our own code is checked in tests/kernel
     flags = ["-w", f"-I{BPF_DIR}", f"-DBACKEND_{backend.name}",
              f"-DMAX_SOCKETS={settings.max_sockets}",
              f"-DRINGBUF_PAGES={settings.ringbuf_pages}", *offsets]
+    flags += filter_cflags(settings.match)
     if settings.events:
         flags.append("-DTCPTRACE_EVENTS")
     if settings.aggregate_buckets:
@@ -249,6 +274,7 @@ class BpfPrograms:
     def __init__(self, bpf, caps: Capabilities, ring_size: int):
         self.bpf, self.caps, self.ring_size = bpf, caps, ring_size
         self._ring = None
+        self.records_read = 0       # records taken from the ring buffer (RingReader only)
         self.half_open_expired = 0  # table entries dropped by expire_half_open()
         self._ingress_link = -1     # the cgroup_skb link: closing it detaches
         self._snapshot_fd = -1
@@ -328,6 +354,7 @@ class BpfPrograms:
             return
 
         def _cb(_ctx, data, size):
+            self.records_read += 1
             on_record(ctypes.string_at(data, size))
         self._ring = _cb  # keep a reference: bcc holds only a C pointer
         events.open_ring_buffer(_cb)
@@ -343,7 +370,7 @@ class BpfPrograms:
 
     def drain(self) -> None:
         if isinstance(self._ring, RingReader):
-            self._ring.drain()
+            self.records_read += self._ring.drain()
         elif self._ring is not None:
             self.bpf.ring_buffer_consume()
 
@@ -364,6 +391,21 @@ class BpfPrograms:
             for key, per_cpu in table.items():
                 values[key.value] = sum(per_cpu)
             out[name] = values
+        return out
+
+    def open_counts(self) -> dict[tuple[OpenPath, Outcome], int]:
+        """Opens the kernel resolved and the filters kept, by path and outcome (both
+        families), summed over CPUs: exact whatever the ring buffer dropped. Only those seen."""
+        per_index = [0] * (len(wire.AGG_PATHS) * len(wire.AGG_OUTCOMES) * len(wire.AGG_FAMILIES))
+        for key, per_cpu in self.bpf["agg_handshakes"].items():
+            per_index[key.value] = sum(per_cpu)
+        out = {}
+        for p, path in enumerate(OpenPath):
+            for o, outcome in enumerate(Outcome):
+                n = sum(per_index[wire.handshake_index(p, o, f)]
+                        for f in range(len(wire.AGG_FAMILIES)))
+                if n:
+                    out[(path, outcome)] = n
         return out
 
     def tracked_sockets(self) -> int:

@@ -60,7 +60,8 @@ def replay(path: str, match: Match, sink: Sink) -> RunSummary:
             emit(item)
         sink.flush()
         summary = RunSummary(
-            backend=head.backend, counts=dict(tracker.counts), lost=lost(),
+            backend=head.backend, counts=dict(tracker.counts),
+            opens_shown=sum(tracker.counts.values()), lost=lost(),
             kernel_lost=dict(reader.trailer.lost), pending_requests=tracker.pending_requests,
             replayed_records=n, recorded_kernel=head.kernel)
         sink.close(summary)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import signal
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from . import privileges, procfs
@@ -85,7 +86,8 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
     why = privileges.cannot_trace()
     if why:
         raise LoaderError(why)
-    with Signals() as signals, BpfPrograms.start(opts.attach, opts.settings) as tracer:
+    settings = replace(opts.settings, match=opts.match)  # the kernel filters too
+    with Signals() as signals, BpfPrograms.start(opts.attach, settings) as tracer:
         tracker = Classifier(epoch_offset(), opts.match)
         feed = tracker.feed_bytes
 
@@ -150,10 +152,13 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
         for s in sinks:
             s.flush()
         kernel = tracer.kernel_lost()  # once: lost and kernel_lost must agree
+        counts = Counter(tracer.open_counts())  # after the last drain: every open it counted
+        counts.update(tracker.expired)
         summary = RunSummary(
             backend=tracer.caps.backend.value,
             backends_tried={t.backend.value: t.outcome for t in tracer.caps.trials},
-            counts=dict(tracker.counts), lost=add_lost(kernel, tracker.lost),
+            counts=dict(counts), opens_shown=sum(tracker.counts.values()),
+            records_read=tracer.records_read, lost=add_lost(kernel, tracker.lost),
             kernel_lost=kernel, pending_requests=tracker.pending_requests,
             tracked_at_exit=tracer.tracked_sockets())
         for s in sinks:

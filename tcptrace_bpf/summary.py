@@ -55,8 +55,14 @@ class RunSummary:
     backend: Optional[str]                 # the backend that ran (replay: the recording's)
     # backend -> "loaded" or why it was refused, in the order tried; {} for replay
     backends_tried: dict[str, str] = field(default_factory=dict)
-    # (path, outcome) -> opens the run showed (after filters); only those seen
+    # (path, outcome) -> opens that passed the filters; only those seen. Live: counted in the
+    # kernel (plus the request timeouts the tracker makes), exact whatever was lost on the
+    # way; replay: what the tracker made of the records
     counts: dict[tuple[OpenPath, Outcome], int] = field(default_factory=dict)
+    # open lines (or, for record, opens classified) the collector itself produced: below the
+    # counts when records were lost on the way (lost says why); None: not known
+    opens_shown: Optional[int] = None
+    records_read: Optional[int] = None     # live: records that crossed the ring buffer
     # reason -> records or opens lost, kernel and collector added up: every kernel reason,
     # and the collector's that happened (what the text summary lists)
     lost: dict[str, int] = field(default_factory=dict)
@@ -73,6 +79,10 @@ class RunSummary:
         return sum(self.counts.values())
 
     @property
+    def opens_not_shown(self) -> int:
+        return 0 if self.opens_shown is None else max(self.opens_total - self.opens_shown, 0)
+
+    @property
     def lost_total(self) -> int:
         return sum(self.lost.values())
 
@@ -86,6 +96,8 @@ class RunSummary:
         kernel.update(self.kernel_lost)
         return {"backend": self.backend, "backends_tried": dict(self.backends_tried),
                 "opens": opens, "opens_total": self.opens_total,
+                "opens_shown": self.opens_shown, "opens_not_shown": self.opens_not_shown,
+                "records_read": self.records_read,
                 "lost": lost, "lost_total": self.lost_total, "kernel_lost": kernel,
                 "pending_requests": self.pending_requests,
                 "tracked_at_exit": self.tracked_at_exit,

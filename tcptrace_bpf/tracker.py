@@ -104,6 +104,9 @@ class Classifier:
         self.match = match
         self.max_pending = max_pending
         self.counts: Counter = Counter()  # (path, outcome) -> resolved opens shown
+        # (path, outcome) -> the part of counts made here, not by a kernel record: requests
+        # that timed out (a live run adds them to the kernel's own counts)
+        self.expired: Counter = Counter()
         self.lost: Counter = Counter()    # reason -> records not turned into output
         self._pending: "OrderedDict[tuple, _PendingRequest]" = OrderedDict()
 
@@ -133,6 +136,7 @@ class Classifier:
             p = self._pending.pop(key)
             attempt = self._keep(self._request_timeout(p))
             if attempt:
+                self.expired[(attempt.path, attempt.outcome)] += 1
                 out.append(attempt)
         return out
 

@@ -29,7 +29,8 @@ def test_loss_reasons_are_the_kernel_stats_then_the_collectors():
 def test_to_dict_of_a_replayed_real_kernel_recording():
     summary = replay(str(RECORDINGS / "wire1-normal4.rec"), Match(), Discard())
     doc = summary.to_dict()
-    assert set(doc) == {"backend", "backends_tried", "opens", "opens_total", "lost", "lost_total",
+    assert set(doc) == {"backend", "backends_tried", "opens", "opens_total", "opens_shown",
+                        "opens_not_shown", "records_read", "lost", "lost_total",
                         "kernel_lost", "pending_requests", "tracked_at_exit", "records_written"}
     assert doc["backend"] == "tracepoint" and doc["backends_tried"] == {}
     assert list(doc["opens"]) == [p.value for p in OpenPath]
@@ -37,7 +38,8 @@ def test_to_dict_of_a_replayed_real_kernel_recording():
         assert list(by_outcome) == [o.value for o in Outcome]
         want = 1 if path in ("active", "passive") else 0
         assert by_outcome == {o.value: want if o is Outcome.ESTABLISHED else 0 for o in Outcome}
-    assert doc["opens_total"] == 2
+    assert doc["opens_total"] == doc["opens_shown"] == 2 and doc["opens_not_shown"] == 0
+    assert doc["records_read"] is None  # a replay reads no ring buffer
     assert doc["lost"] == dict.fromkeys(ALL_REASONS, 0) and doc["lost_total"] == 0
     assert doc["kernel_lost"] == dict.fromkeys([*wire.STAT_NAMES, "half_open_expired"], 0)
     assert doc["pending_requests"] == 0

@@ -112,3 +112,28 @@ def test_process_and_namespace_filters_on_recorded_opens():
     assert len(shown(cgroup=exp["cgroup"])) == 2 and shown(cgroup=exp["cgroup"] + 1) == []
     netns = shown()[0].netns
     assert len(shown(netns=netns)) == 2 and shown(netns=netns + 1) == []
+
+
+def test_failed_and_slow_keep_what_the_recorded_sockets_say():
+    """--failed: the sockets whose own errno said the open failed; --slow S: a re-sent SYN or
+    SYN-ACK (the scenario's nft counters), or a duration of at least S; both: either."""
+    for name in fixtures.names():
+        doc = fixtures.load(name)
+        failed = {(e["saddr"], e["sport"]) for e in doc["expect"] if e["outcome"] != "established"}
+        resent = {(e["saddr"], e["sport"]) for e in doc["expect"]
+                  if e.get("syn_retransmits") or e.get("synack_retransmits")}
+        _, _, every = replay(name)
+        assert {(r.saddr, r.sport) for r in replay(name, Match(failed=True))[2]} == failed, name
+        # no recorded handshake took an hour: only re-sends count
+        slow = {(r.saddr, r.sport) for r in replay(name, Match(slow=3600.0))[2]}
+        assert resent <= slow == {(r.saddr, r.sport) for r in every
+                                  if r.syn_retransmits or r.synack_retransmits}, name
+        both = {(r.saddr, r.sport) for r in replay(name, Match(failed=True, slow=3600.0))[2]}
+        assert both == failed | slow, name
+        # --slow 0: every open with a duration, or a re-send
+        zero = {(r.saddr, r.sport) for r in replay(name, Match(slow=0.0))[2]}
+        assert zero == {(r.saddr, r.sport) for r in every
+                        if r.duration_s is not None or r.syn_retransmits or r.synack_retransmits}
+    # the recordings hold both kinds
+    assert replay("refused", Match(failed=True))[2] and not replay("normal4", Match(failed=True))[2]
+    assert replay("syn_timeout", Match(slow=3600.0))[2]

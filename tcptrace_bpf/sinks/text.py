@@ -80,6 +80,10 @@ def summary(run: RunSummary) -> str:
             lines.append(f"  {path.value:<12} {outcome.value:<11} {n}")
     else:
         lines.append("  no connection opens seen")
+    if run.opens_shown is not None and run.opens_not_shown:
+        why = ", ".join(f"{k}={v}" for k, v in sorted(run.lost.items()) if v) or "none counted"
+        lines.append(f"  opens not shown: {run.opens_not_shown} of {run.opens_total} "
+                     f"(counted in the kernel; records lost: {why})")
     detail = ", ".join(f"{k}={v}" for k, v in sorted(run.lost.items()))
     lines.append(f"  events lost: {run.lost_total}" + (f" ({detail})" if detail else ""))
     lines.append(f"  unresolved requests: {run.pending_requests}")
