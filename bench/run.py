@@ -50,7 +50,7 @@ from bench import BUILD, ROOT, log  # noqa: E402
 from bench.collector_alone import run_collector  # noqa: E402
 from bench.host import machine  # noqa: E402
 from bench.profiling import profile  # noqa: E402
-from bench.report import summarize, table  # noqa: E402
+from bench.report import LABELS, summarize, table  # noqa: E402
 from bench.steady import start_times, steady_rss  # noqa: E402
 from bench.tools import TCPSTATES, TCPTRACE_MODES, TOOLS  # noqa: E402
 from bench.windows import run_windows  # noqa: E402
@@ -112,11 +112,18 @@ def main() -> int:
         return 1
     BUILD.mkdir(exist_ok=True)
     skipped = {}
-    if "tcpstates" in args.modes and not Path(TCPSTATES).exists():
+    asked = list(args.modes)
+    wanted = {*args.modes, *args.rss_modes, *args.start_modes}
+    if "tcpstates" in wanted and not Path(TCPSTATES).exists():
         skipped["tcpstates"] = "bpfcc-tools not installed (make bench installs it)"
-        args.modes.remove("tcpstates")
-        if "tcpstates" in args.rss_modes:
-            args.rss_modes.remove("tcpstates")
+    cli = Path(args.tree) / "tcptrace_bpf" / "cli.py"
+    if ("trace-failed" in wanted and cli.exists()
+            and '"--failed"' not in cli.read_text()):  # --tree of a commit before the flag
+        skipped["trace-failed"] = f"{args.tree} has no trace --failed"
+    for m in skipped:
+        for modes in (args.modes, args.rss_modes, args.start_modes):
+            if m in modes:
+                modes.remove(m)
     mach = machine()
     exe = build_churn()
     # below the ephemeral range, so no client's own port ever collides with it; where in it
@@ -129,11 +136,10 @@ def main() -> int:
     start = start_times(args, port)
     coll = {} if args.no_collector else run_collector(args)
     prof = profile(args, exe, port) if args.profile else None
-    for m, why in skipped.items():
-        args.modes.append(m)
+    args.modes = asked  # skipped ones too: their rows say why
     text = table(summ, coll, mach, args, rss, start)
     for m, why in skipped.items():
-        text = text.replace("| bcc tcpstates-bpfcc | not run |", f"| bcc tcpstates-bpfcc | not run: {why} |")
+        text = text.replace(f"| {LABELS[m]} | not run |", f"| {LABELS[m]} | not run: {why} |")
     mach["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
     args.json_out.write_text(json.dumps(
         {"machine": mach, "args": {k: str(v) for k, v in vars(args).items()},
