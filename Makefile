@@ -32,8 +32,9 @@ fresh-test:
 vm-test:
 	bash vm/run.sh
 
-# Performance (issue 5): connection churn untraced / export / trace --json / bcc tcpstates,
-# paired and alternated, one table (bench/run.py; bench/RESULTS.md). BENCH_ARGS=--quick for a
+# Performance (issues 5, 13): connection churn untraced / export / trace --json (unfiltered,
+# --failed, --port 1) / bcc tcpstates, paired and alternated, one table; then steady RSS after
+# 1 M connections and --attach auto start time (bench/run.py; bench/RESULTS.md). BENCH_ARGS=--quick for a
 # short smoke run, BENCH_ARGS=--profile adds bpf_stats and py-spy. Set-up installs gcc, bpftool and
 # bpfcc-tools (the bench smoke test in `make test` needs them too); py-spy only here.
 BENCH_ARGS ?=

@@ -4,6 +4,7 @@
     host.py             /proc readings: CPU ticks, RSS, who else used the machine; the machine
     tools.py            the tracers under test, started and stopped around a window
     windows.py          the alternating baseline / traced windows, each paired with its baselines
+    steady.py           steady RSS after N connections, start time with --attach auto (issue 13)
     collector_alone.py  replay and the in-process collector on a synthetic recording
     report.py           summary per mode and the markdown table
     profiling.py        the --profile pass: bpf_stats and py-spy

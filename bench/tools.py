@@ -2,7 +2,17 @@
 and stopped with SIGINT after it; each reports its own view of the window.
 
 tcptrace-bpf's counts come from its `--summary-json FILE` (README: the run summary), never from
-its text. bcc's tcpstates has no summary: its output lines are counted."""
+its text. bcc's tcpstates has no summary: its output lines are counted.
+
+What "seen" means for `trace` (issue 13): the open lines the tool wrote, the summary's
+`opens_shown`. Its path/outcome counts come from in-kernel counting (exact even when lines are
+lost), so they no longer measure loss; a checkout whose summary has no `opens_shown` (--tree of
+an older commit) falls back to `opens_total`, which there counted the lines shown. Trace runs
+unfiltered (no --port: the kernel filter would hide work), so seen is every open on the host:
+the workload's plus the bench's own few (nothing subtracted). trace-failed and trace-port show
+what a kernel-side filter costs when it matches nothing: 0 lines expected.
+
+Start time: from spawning the command to its ready line on stderr (`start_s`)."""
 
 from __future__ import annotations
 
@@ -31,10 +41,12 @@ class Tool:
     ready_text: Optional[str] = None  # the stderr line that says it is tracing
     out_path: Optional[Path] = None   # where its stdout goes (else /dev/null)
 
-    def __init__(self, args, port: int):
+    def __init__(self, args, port: int, attach: Optional[str] = None):
         self.args, self.port = args, port
+        self.attach = attach or getattr(args, "attach", "tracepoint")
         self.bg: Optional[Background] = None
         self.err_path = BUILD / f"{self.name}.stderr"
+        self.start_s: Optional[float] = None  # spawn to ready line (or ready())
 
     @property
     def proc(self) -> subprocess.Popen:
@@ -52,6 +64,7 @@ class Tool:
 
     def start(self) -> None:
         out = open(self.out_path, "w") if self.out_path else subprocess.DEVNULL
+        t0 = time.monotonic()
         try:
             self.bg = Background(self.cmd(), self.ready_text, cwd=self.args.tree,
                                  env=self.env(), stdout=out)
@@ -60,6 +73,7 @@ class Tool:
                 out.close()  # the child has its own copy
         self.bg.wait_started(self.args.start_timeout,
                              None if self.ready_text else self.ready)
+        self.start_s = round(time.monotonic() - t0, 3)
         time.sleep(0.3)
 
     def stop(self) -> dict:
@@ -68,7 +82,7 @@ class Tool:
         rc = self.bg.stop(signal.SIGINT, 30, self.wake)
         self.err_path.write_text(self.bg.stderr)
         res = self.result()
-        res.update(exit_code=rc, alive_at_end=alive,
+        res.update(exit_code=rc, alive_at_end=alive, start_s=self.start_s,
                    killed_after_sigint=self.bg.outlived_signal)
         return res
 
@@ -86,9 +100,10 @@ class Tool:
 
 class TcptraceTool(Tool):
     """tcptrace-bpf export / trace --json; counts from its --summary-json document."""
+    expects_workload = True
 
-    def __init__(self, args, port):
-        super().__init__(args, port)
+    def __init__(self, args, port, attach=None):
+        super().__init__(args, port, attach)
         self.summary_path = BUILD / f"{self.name}.summary.json"
 
     def command(self, sub: str, *args: str) -> list[str]:
@@ -102,11 +117,19 @@ class TcptraceTool(Tool):
         try:
             doc = json.loads(self.summary_path.read_text())
         except (OSError, ValueError):
-            return {"counts": {}, "seen": 0, "tool_lost": None, "tool_lost_by": {},
+            return {"counts": {}, "seen": 0, "tool_lost": None, "tool_lost_total": None,
+                    "tool_lost_by": {}, "opens_shown": None, "records_read": None,
                     "summary_found": False, "stderr_tail": self.bg.stderr[-1500:]}
         counts = {f"{path}/{outcome}": n for path, by_outcome in doc["opens"].items()
                   for outcome, n in by_outcome.items() if n}
-        return {"counts": counts, "seen": doc["opens_total"], "tool_lost": doc["lost_total"],
+        shown = doc.get("opens_shown")  # issue 13; absent in older checkouts
+        return {"counts": counts, "opens_total": doc["opens_total"], "backend": doc.get("backend"),
+                "opens_shown": shown, "records_read": doc.get("records_read"),
+                "seen": doc["opens_total"] if shown is None else shown,
+                "seen_from": "opens_total" if shown is None else "opens_shown",
+                # tool-reported loss: ring-buffer overflow (what loses lines), and every reason
+                "tool_lost": doc["lost"].get("ringbuf_full", 0),
+                "tool_lost_total": doc["lost_total"],
                 "tool_lost_by": doc["lost"], "summary_found": True, "stderr_tail": ""}
 
 
@@ -114,14 +137,14 @@ class Export(TcptraceTool):
     name = "export"
     ready_text = "serving http"
 
-    def __init__(self, args, port):
-        super().__init__(args, port)
+    def __init__(self, args, port, attach=None):
+        super().__init__(args, port, attach)
         self.listen = f"127.0.0.1:{free_port(31000, 32000)}"  # below the ephemeral range
         self.scrapes = 0
         self.scraped = {}
 
     def cmd(self):
-        return self.command("export", "--attach", "tracepoint", "--listen", self.listen)
+        return self.command("export", "--attach", self.attach, "--listen", self.listen)
 
     def scrape(self) -> dict:
         """The exporter's own totals at the end (the issue asks for these): sum of
@@ -138,13 +161,16 @@ class Export(TcptraceTool):
 
     def result(self) -> dict:
         res = super().result()
+        res["seen"] = res.get("opens_total", 0)  # export writes no lines: its counts
         res["summary_seen"] = res["seen"]
         s1, s2 = self.scraped.get("first", {}), self.scraped.get("second", {})
         if "handshakes_total" in s1 and "handshakes_total" in s2:
             # what a user sees: tcptrace_handshakes_total at the end. A scrape is itself one
             # connection (two opens) that may already be in the value it returns: the second
-            # scrape's increase says how much one scrape adds.
-            res["seen"] = s1["handshakes_total"] - (s2["handshakes_total"] - s1["handshakes_total"])
+            # scrape's increase says how much one scrape adds, at most its two opens (on a
+            # shared host, others' opens between the two scrapes land in that increase too)
+            res["seen"] = s1["handshakes_total"] - min(
+                2, s2["handshakes_total"] - s1["handshakes_total"])
             res["seen_from"] = "scrape"
         else:  # no scrape: the end-of-run summary, less the scrape connections
             res["seen"] -= 2 * self.scrapes
@@ -154,19 +180,40 @@ class Export(TcptraceTool):
 
 
 class Trace(TcptraceTool):
+    """trace --json > /dev/null, unfiltered: every open on the host is a line (expected: the
+    workload's two per connection; the bench's own few opens are not subtracted)."""
     name = "trace"
     ready_text = "tracing, Ctrl-C to stop"
+    expects_workload = True  # lines expected = 2 x the workload's connections
+    filter_args: tuple[str, ...] = ()
 
     def cmd(self):
-        # stdout is /dev/null; --port keeps other host traffic out of the count (the filter
-        # runs after classification, so the per-record work is the same)
-        return self.command("trace", "--json", "--attach", "tracepoint", "--port", str(self.port))
+        return self.command("trace", "--json", "--attach", self.attach, *self.filter_args)
+
+
+class TraceFailed(Trace):
+    """trace --json --failed > /dev/null: nothing fails in the churn, so 0 lines expected."""
+    name = "trace-failed"
+    expects_workload = False
+    filter_args = ("--failed",)
+
+
+UNUSED_PORT = 1  # tcpmux: nothing on the host uses it (Tcpstates.wake connects to it only
+                 # after the tool has been stopped)
+
+
+class TracePort(Trace):
+    """trace --json --port <a port nothing uses> > /dev/null: 0 lines expected."""
+    name = "trace-port"
+    expects_workload = False
+    filter_args = ("--port", str(UNUSED_PORT))
 
 
 class Tcpstates(Tool):
     """bcc's tcpstates: one perf-buffer event per state change, printed by Python."""
     name = "tcpstates"
     out_path = BUILD / "tcpstates.out"
+    expects_workload = True
 
     def cmd(self):
         return ["/usr/bin/python3", TCPSTATES]
@@ -212,8 +259,10 @@ class Tcpstates(Tool):
                     seen += 1
         text = self.out_path.read_text(errors="replace") + self.bg.stderr
         lost = sum(int(n) for n in re.findall(r"Possibly lost (\d+) samples", text))
-        return {"seen": seen, "lines": lines, "tool_lost": lost,
+        return {"seen": seen, "lines": lines, "tool_lost": lost, "tool_lost_total": lost,
                 "tool_lost_by": {"perf_buffer": lost}, "summary_found": True}
 
 
-TOOLS = {"export": Export, "trace": Trace, "tcpstates": Tcpstates}
+TOOLS = {"export": Export, "trace": Trace, "trace-failed": TraceFailed, "trace-port": TracePort,
+         "tcpstates": Tcpstates}
+TCPTRACE_MODES = ("export", "trace", "trace-failed", "trace-port")

@@ -25,16 +25,15 @@ def window(args, exe: Path, mode: str, port: int) -> dict:
         rec["other_cpu"] = other_cpu(p0, proc_ticks(), {os.getpid()}, rec["work"]["elapsed_s"])
         return rec
     tool = TOOLS[mode](args, port)
-    t0 = time.monotonic()
     tool.start()
     try:
-        return _traced_window(args, exe, port, tool, rec, t0)
+        return _traced_window(args, exe, port, tool, rec)
     finally:
         tool.kill()  # interrupted or failed: never leave a tracer behind
 
 
-def _traced_window(args, exe, port, tool, rec, t0) -> dict:
-    rec["start_s"] = round(time.monotonic() - t0, 2)
+def _traced_window(args, exe, port, tool, rec) -> dict:
+    rec["start_s"] = tool.start_s  # spawn to ready line
     pid = tool.proc.pid
     c0 = cpu_ticks(pid)
     p0 = proc_ticks()
@@ -56,7 +55,10 @@ def _traced_window(args, exe, port, tool, rec, t0) -> dict:
         except OSError as exc:
             tool.scraped["error"] = str(exc)
     rec["tool"] = tool.stop()
-    rec["expected"] = 2 * rec["work"]["connections"]
+    # lines (opens) expected: the workload's two per connection, or none for a filter that
+    # matches nothing in the churn (trace-failed, trace-port); lost < 0: opens beyond those
+    # (other opens on the host, counted, nothing subtracted)
+    rec["expected"] = 2 * rec["work"]["connections"] if tool.expects_workload else 0
     rec["seen"] = rec["tool"]["seen"]
     rec["lost"] = rec["expected"] - rec["seen"]
     return rec
@@ -90,11 +92,12 @@ def run_windows(args, exe: Path, port: int) -> list[dict]:
         extra = ""
         if mode != "baseline":
             extra = (f" seen {rec['seen']}/{rec['expected']} lost {rec['lost']}"
-                     f" (tool says {rec['tool'].get('tool_lost')}) cpu {rec['cpu_share']:.0%}")
+                     f" (tool says {rec['tool'].get('tool_lost')}) cpu {rec['cpu_share']:.0%}"
+                     f" start {rec['start_s']} s rss {rec['rss_kib']} KiB")
         oc = rec["other_cpu"]
         if oc["share"] > 0.05:
             extra += f"; machine shared: others used {oc['share']:.0%} of a core {oc['top']}"
-        log(f"[{i + 1}/{len(seq)}] {mode:<9} {w['conn_per_s']:>9.0f} conn/s{extra}")
+        log(f"[{i + 1}/{len(seq)}] {mode:<12} {w['conn_per_s']:>9.0f} conn/s{extra}")
     # ratio: traced conn/s over the mean of the baselines right before and after
     for i, rec in enumerate(out):
         if rec["mode"] != "baseline":

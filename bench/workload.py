@@ -18,10 +18,12 @@ def build_churn() -> Path:
     return exe
 
 
-def churn(args, exe: Path, port: int) -> dict:
-    r = subprocess.run([str(exe), "-d", str(args.duration), "-c", str(args.clients),
+def churn(args, exe: Path, port: int, duration: float = 0.0) -> dict:
+    """One run of churn for `duration` seconds (default: a window, --duration)."""
+    duration = duration or args.duration
+    r = subprocess.run([str(exe), "-d", f"{duration:g}", "-c", str(args.clients),
                         "-s", str(args.servers), "-p", str(port)],
-                       capture_output=True, text=True, timeout=args.duration + 60)
+                       capture_output=True, text=True, timeout=duration + 60)
     if r.returncode:
         raise RuntimeError(f"churn failed: {r.stderr}")
     return json.loads(r.stdout)
