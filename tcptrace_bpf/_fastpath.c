@@ -1,0 +1,632 @@
+/* The compiled consumer of `--json` (tcptrace_bpf/fastpath.py drives it): decode, classify,
+ * filter and render opens (TT_KIND_OPEN) to JSON lines, byte for byte what tracker.Classifier
+ * and sinks/jsonl.render make of them, at a fraction of Python's cost per record. Everything
+ * else goes back to Python as bytes, in order: other kinds, records that do not decode, opens
+ * with no known path (Python counts them), and passive opens while Python's tracker has
+ * pending requests (it pops the request of a passive open).
+ *
+ * The record layout comes from bpf/tcptrace.h itself; the names (states, paths, outcomes,
+ * flags) mirror model.py and tests/test_fastpath.py holds them together. Little-endian only,
+ * as the wire format is the x86-64 kernel's own layout. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <linux/types.h> /* __u8 .. __u64, as the BPF side has them */
+#include "bpf/tcptrace.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the wire format is little-endian; this consumer reads it in place"
+#endif
+_Static_assert(sizeof(struct tcptrace_record) == 120, "struct tcptrace_record is 120 bytes");
+
+/* model.TcpState (1..12), model.OpenPath and model.Outcome in TT_PATH_* / TT_OUT_* order,
+ * model.OPEN_FLAGS in bit order */
+static const char *const STATE_NAMES[] = {
+	NULL, "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+	"CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV"};
+#define NSTATE_NAMES 13
+enum { ST_ESTABLISHED = 1, ST_SYN_SENT = 2, ST_SYN_RECV = 3, ST_CLOSE = 7, ST_LISTEN = 10 };
+static const char *const PATH_NAMES[TT_NPATHS] = {"active", "passive", "simultaneous", "self"};
+static const char *const OUTCOME_NAMES[TT_NOUTCOMES] = {
+	"established", "refused", "reset", "timeout", "unreachable", "aborted", "port_exhausted"};
+static const char *const FLAG_LISTS[4] = {
+	"[]", "[\"fastopen\"]", "[\"syncookie\"]", "[\"fastopen\",\"syncookie\"]"};
+
+/* -- output buffer ------------------------------------------------------------------------ */
+typedef struct {
+	char *p;
+	size_t len, cap;
+} Buf;
+
+#define LINE_MAX_BYTES 2048 /* the longest line: ts of a huge float (~320 bytes), comm as \ufffd x16, 8 states */
+
+static int buf_reserve(Buf *b, size_t more)
+{
+	if (b->len + more <= b->cap)
+		return 0;
+	size_t cap = b->cap ? b->cap : 65536;
+	while (cap < b->len + more)
+		cap *= 2;
+	char *p = PyMem_Realloc(b->p, cap);
+	if (!p) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	b->p = p;
+	b->cap = cap;
+	return 0;
+}
+
+static char *put_str(char *o, const char *s)
+{
+	size_t n = strlen(s);
+	memcpy(o, s, n);
+	return o + n;
+}
+
+static char *put_u64(char *o, uint64_t v)
+{
+	char tmp[20];
+	int n = 0;
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*o++ = tmp[--n];
+	return o;
+}
+
+/* A duration of `units` (ns, or us with scale 1e6) as Python's f"{units / scale:.9f}". The
+ * quotient is one correctly rounded division, so below 2^22 s its 9 decimals are exactly the
+ * integer's digits (half an ulp < 0.5 ns there); beyond, printf (as exact as Python's). */
+static char *put_duration(char *o, int64_t units, double scale)
+{
+	uint64_t ns = units < 0 ? -(uint64_t)units : (uint64_t)units;
+	if (scale == 1e6)
+		ns *= 1000;
+	if (ns >= 4000000000000000ULL)
+		return o + sprintf(o, "%.9f", (double)units / scale);
+	if (units < 0)
+		*o++ = '-';
+	o = put_u64(o, ns / 1000000000ULL);
+	*o++ = '.';
+	uint64_t frac = ns % 1000000000ULL;
+	for (uint64_t d = 100000000ULL; d; d /= 10)
+		*o++ = (char)('0' + frac / d % 10);
+	return o;
+}
+
+/* comm as json.dumps(comm_bytes.decode(errors="replace")): UTF-8 decoded with one U+FFFD per
+ * maximal invalid subpart (CPython's rule), then escaped with ensure_ascii. */
+static char *put_escaped(char *o, uint32_t c)
+{
+	static const char hex[] = "0123456789abcdef";
+	switch (c) {
+	case '"': return put_str(o, "\\\"");
+	case '\\': return put_str(o, "\\\\");
+	case '\n': return put_str(o, "\\n");
+	case '\r': return put_str(o, "\\r");
+	case '\t': return put_str(o, "\\t");
+	case '\b': return put_str(o, "\\b");
+	case '\f': return put_str(o, "\\f");
+	}
+	if (c >= 0x20 && c <= 0x7e) {
+		*o++ = (char)c;
+		return o;
+	}
+	if (c >= 0x10000) { /* a surrogate pair, as json does */
+		c -= 0x10000;
+		o = put_escaped(o, 0xd800 | (c >> 10));
+		return put_escaped(o, 0xdc00 | (c & 0x3ff));
+	}
+	*o++ = '\\';
+	*o++ = 'u';
+	for (int shift = 12; shift >= 0; shift -= 4)
+		*o++ = hex[c >> shift & 0xf];
+	return o;
+}
+
+static char *put_comm(char *o, const unsigned char *s, size_t n)
+{
+	*o++ = '"';
+	size_t i = 0;
+	while (i < n) {
+		unsigned char b = s[i];
+		if (b < 0x80) {
+			o = put_escaped(o, b);
+			i++;
+			continue;
+		}
+		int need;
+		unsigned char lo = 0x80, hi = 0xbf; /* the range of the first continuation byte */
+		uint32_t c;
+		if (b >= 0xc2 && b <= 0xdf) {
+			need = 1;
+			c = b & 0x1f;
+		} else if (b >= 0xe0 && b <= 0xef) {
+			need = 2;
+			c = b & 0x0f;
+			if (b == 0xe0)
+				lo = 0xa0; /* overlong */
+			else if (b == 0xed)
+				hi = 0x9f; /* surrogates */
+		} else if (b >= 0xf0 && b <= 0xf4) {
+			need = 3;
+			c = b & 0x07;
+			if (b == 0xf0)
+				lo = 0x90;
+			else if (b == 0xf4)
+				hi = 0x8f; /* above U+10FFFF */
+		} else {
+			o = put_escaped(o, 0xfffd);
+			i++;
+			continue;
+		}
+		size_t j = i + 1;
+		int k;
+		for (k = 0; k < need && j < n; k++, j++) {
+			unsigned char cb = s[j];
+			if (cb < (k ? 0x80 : lo) || cb > (k ? 0xbf : hi))
+				break;
+			c = c << 6 | (cb & 0x3f);
+		}
+		/* complete: the character; else one U+FFFD for the lead and the valid bytes after it */
+		o = put_escaped(o, k == need ? c : 0xfffd);
+		i = j;
+	}
+	*o++ = '"';
+	return o;
+}
+
+static char *put_addr(char *o, const __u8 *addr, int v4)
+{
+	char text[INET6_ADDRSTRLEN];
+	inet_ntop(v4 ? AF_INET : AF_INET6, addr, text, sizeof text);
+	*o++ = '"';
+	o = put_str(o, text);
+	*o++ = '"';
+	return o;
+}
+
+/* -- the Renderer: a Classifier's epoch offset and Match ------------------------------------ */
+typedef struct {
+	PyObject_HEAD
+	double epoch_offset;
+	int has_port, has_family, has_pid, has_netns, has_cgroup, has_slow, failed;
+	unsigned long long port, family, pid, netns, cgroup;
+	long long slow_ns;
+} Renderer;
+
+enum { R_DONE, R_BACK, R_BAD }; /* rendered or filtered out; for Python; does not decode */
+
+/* tracker.Classifier._path, -1 for none */
+static int open_path(const struct tcptrace_record *r)
+{
+	const __u8 *st = r->states;
+	if (r->nstates < 2)
+		return -1;
+	if (st[0] == ST_LISTEN && st[1] == ST_SYN_RECV)
+		return TT_PATH_PASSIVE;
+	if (st[0] != ST_CLOSE || st[1] != ST_SYN_SENT)
+		return -1;
+	if (r->nstates > 2 && st[2] == ST_SYN_RECV) {
+		int n = r->family == AF_INET ? 4 : 16;
+		if (!memcmp(r->saddr, r->daddr, n) && r->sport == r->dport)
+			return TT_PATH_SELF;
+		return TT_PATH_SIMULTANEOUS;
+	}
+	return TT_PATH_ACTIVE;
+}
+
+/* tracker.Classifier._outcome */
+static int open_outcome(const struct tcptrace_record *r)
+{
+	int last = r->states[r->nstates - 1], err = r->sk_err, rst = r->flags & TT_F_RST_IN;
+	if (last == ST_ESTABLISHED)
+		return TT_OUT_ESTABLISHED;
+	if (last != ST_CLOSE)
+		return TT_OUT_ABORTED;
+	if (err == ECONNREFUSED)
+		return rst ? TT_OUT_REFUSED : TT_OUT_UNREACHABLE;
+	if (err == ETIMEDOUT)
+		return TT_OUT_TIMEOUT;
+	if (err == ECONNRESET)
+		return TT_OUT_RESET;
+	if (err)
+		return TT_OUT_UNREACHABLE;
+	if (!rst && !r->sport && r->nstates == 3 && r->states[1] == ST_SYN_SENT)
+		return TT_OUT_PORT_EXHAUSTED;
+	return rst ? TT_OUT_RESET : TT_OUT_ABORTED;
+}
+
+/* tracker.Match for an open (the duration in units of 1/scale s; has_dur 0 for None) */
+static int matches(const Renderer *m, const struct tcptrace_record *r, int outcome,
+		   int has_dur, int64_t units, double scale)
+{
+	if (m->has_port && m->port != r->sport && m->port != r->dport)
+		return 0;
+	if (m->has_family && m->family != (r->family == AF_INET ? 4u : 6u))
+		return 0;
+	if (m->has_netns && m->netns != r->netns)
+		return 0;
+	int by_result = m->failed || m->has_slow;
+	if (!m->has_pid && !m->has_cgroup && !by_result)
+		return 1;
+	/* a pid or cgroup of 0 is None in Python: it equals no filter value */
+	if (m->has_pid && (!r->pid || m->pid != r->pid))
+		return 0;
+	if (m->has_cgroup && (!r->cgroup_id || m->cgroup != r->cgroup_id))
+		return 0;
+	if (!by_result)
+		return 1;
+	if (m->failed && outcome != TT_OUT_ESTABLISHED)
+		return 1;
+	if (!m->has_slow)
+		return 0;
+	if (r->syn_retrans || r->synack_retrans)
+		return 1;
+	if (!has_dur)
+		return 0;
+	double ns = nearbyint((double)units / scale * 1e9); /* round(duration_s * 1e9) */
+	if (ns >= 9223372036854775808.0)
+		return 1;
+	return (long long)ns >= m->slow_ns;
+}
+
+/* One record: rendered into `out` (or filtered out, counted in `counts`), or not ours. */
+static int consume(const Renderer *m, const unsigned char *p, size_t len, int *pending,
+		   Buf *out, unsigned long long *counts, uint64_t *ts)
+{
+	struct tcptrace_record r;
+	if (len < sizeof r)
+		return R_BAD;
+	memcpy(&r, p, sizeof r); /* recording frames leave records unaligned */
+	if (r.kind < TT_KIND_OPEN || r.kind > TT_KIND_EVENT ||
+	    (r.family != AF_INET && r.family != AF_INET6) || r.nstates > TCPTRACE_MAX_STATES)
+		return R_BAD; /* wire.decode refuses it */
+	*ts = r.ts_ns;
+	if (r.kind != TT_KIND_OPEN) {
+		if (r.kind == TT_KIND_REQ_SYNACK_RTX)
+			*pending = 1; /* Python's tracker will hold a request from here on */
+		return R_BACK;
+	}
+	int path = open_path(&r);
+	if (path < 0 || (path == TT_PATH_PASSIVE && *pending))
+		return R_BACK;
+	int outcome = open_outcome(&r);
+
+	int has_dur = 1;
+	int64_t units = 0;
+	double scale = 1e9;
+	if (r.open_flags & TT_OF_SYNCOOKIE)
+		has_dur = 0; /* the kernel kept no SYN-ACK send time for a cookie */
+	else if (path == TT_PATH_PASSIVE && outcome == TT_OUT_ESTABLISHED && r.passive_us) {
+		units = r.passive_us;
+		scale = 1e6;
+	} else if (r.start_ns)
+		units = (int64_t)(r.ts_ns - r.start_ns);
+	else
+		has_dur = 0;
+	if (!matches(m, &r, outcome, has_dur, units, scale))
+		return R_DONE;
+	counts[path * TT_NOUTCOMES + outcome]++;
+
+	if (buf_reserve(out, LINE_MAX_BYTES) < 0)
+		return -1;
+	char *o = out->p + out->len;
+	int v4 = r.family == AF_INET;
+	o = put_str(o, "{\"type\":\"open\",\"ts\":");
+	o += sprintf(o, "%.6f", (double)r.ts_ns / 1e9 + m->epoch_offset);
+	o = put_str(o, ",\"path\":\"");
+	o = put_str(o, PATH_NAMES[path]);
+	o = put_str(o, "\",\"outcome\":\"");
+	o = put_str(o, OUTCOME_NAMES[outcome]);
+	o = put_str(o, v4 ? "\",\"family\":4,\"saddr\":" : "\",\"family\":6,\"saddr\":");
+	o = put_addr(o, r.saddr, v4);
+	o = put_str(o, ",\"sport\":");
+	o = put_u64(o, r.sport);
+	o = put_str(o, ",\"daddr\":");
+	o = put_addr(o, r.daddr, v4);
+	o = put_str(o, ",\"dport\":");
+	o = put_u64(o, r.dport);
+	o = put_str(o, ",\"states\":[");
+	for (int i = 0; i < r.nstates; i++) {
+		if (i)
+			*o++ = ',';
+		int s = r.states[i];
+		if (s > 0 && s < NSTATE_NAMES)
+			o += sprintf(o, "\"%s\"", STATE_NAMES[s]);
+		else
+			o += sprintf(o, "\"STATE_%d\"", s); /* TcpState.name_of */
+	}
+	o = put_str(o, "],\"duration_s\":");
+	o = has_dur ? put_duration(o, units, scale) : put_str(o, "null");
+	o = put_str(o, ",\"syn_retransmits\":");
+	o = put_u64(o, r.syn_retrans);
+	o = put_str(o, ",\"synack_retransmits\":");
+	o = put_u64(o, r.synack_retrans);
+	o = put_str(o, ",\"pid\":");
+	o = r.pid ? put_u64(o, r.pid) : put_str(o, "null");
+	o = put_str(o, ",\"comm\":");
+	size_t n = strnlen(r.comm, TCPTRACE_COMM_LEN);
+	o = n ? put_comm(o, (const unsigned char *)r.comm, n) : put_str(o, "null");
+	o = put_str(o, ",\"netns\":");
+	o = put_u64(o, r.netns);
+	o = put_str(o, ",\"errno\":");
+	/* the kernel keeps no error for a port search that failed: connect() returned it */
+	o = put_u64(o, outcome == TT_OUT_PORT_EXHAUSTED ? EADDRNOTAVAIL : r.sk_err);
+	o = put_str(o, ",\"cgroup\":");
+	o = r.cgroup_id ? put_u64(o, r.cgroup_id) : put_str(o, "null");
+	o = put_str(o, ",\"flags\":");
+	o = put_str(o, FLAG_LISTS[r.open_flags & 3]);
+	o = put_str(o, "}\n");
+	out->len = (size_t)(o - out->p);
+	return R_DONE;
+}
+
+/* -- Python glue ---------------------------------------------------------------------------- */
+/* None: no filter; else an unsigned value (OverflowError for a negative one: the caller then
+ * keeps Python's path, which handles any value) */
+static int opt_u64(PyObject *v, int *has, unsigned long long *out)
+{
+	*has = v != Py_None;
+	if (!*has)
+		return 0;
+	*out = PyLong_AsUnsignedLongLong(v);
+	return *out == (unsigned long long)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int Renderer_init(Renderer *self, PyObject *args, PyObject *kw)
+{
+	static char *names[] = {"epoch_offset", "port", "family", "pid", "netns", "cgroup",
+				"failed", "slow_ns", NULL};
+	PyObject *port = Py_None, *family = Py_None, *pid = Py_None, *netns = Py_None,
+		 *cgroup = Py_None, *slow = Py_None;
+	int failed = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "d|OOOOOpO", names, &self->epoch_offset, &port,
+					 &family, &pid, &netns, &cgroup, &failed, &slow))
+		return -1;
+	if (opt_u64(port, &self->has_port, &self->port) < 0 ||
+	    opt_u64(family, &self->has_family, &self->family) < 0 ||
+	    opt_u64(pid, &self->has_pid, &self->pid) < 0 ||
+	    opt_u64(netns, &self->has_netns, &self->netns) < 0 ||
+	    opt_u64(cgroup, &self->has_cgroup, &self->cgroup) < 0)
+		return -1;
+	self->failed = failed;
+	self->has_slow = slow != Py_None;
+	if (self->has_slow) {
+		self->slow_ns = PyLong_AsLongLong(slow);
+		if (self->slow_ns == -1 && PyErr_Occurred())
+			return -1;
+	}
+	return 0;
+}
+
+/* (bytes of the lines, [bytes for Python], counts by path * TT_NOUTCOMES + outcome, ...) */
+static PyObject *result(Buf *out, PyObject *back, const unsigned long long *counts,
+			unsigned long long a, unsigned long long b)
+{
+	PyObject *c = PyTuple_New(TT_NPATHS * TT_NOUTCOMES);
+	if (!c)
+		return NULL;
+	for (int i = 0; i < TT_NPATHS * TT_NOUTCOMES; i++)
+		PyTuple_SET_ITEM(c, i, PyLong_FromUnsignedLongLong(counts[i]));
+	PyObject *res = Py_BuildValue("(y#OOKK)", out->p ? out->p : "", (Py_ssize_t)out->len, back,
+				      c, a, b);
+	Py_DECREF(c);
+	return res;
+}
+
+static int give_back(PyObject *back, const unsigned char *p, size_t len)
+{
+	PyObject *b = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)len);
+	if (!b)
+		return -1;
+	int rc = PyList_Append(back, b);
+	Py_DECREF(b);
+	return rc;
+}
+
+PyDoc_STRVAR(render_doc,
+"render(buf, pending, frame=0, stop_on_bad=False) -> (lines, back, counts, done, last_ts)\n\n"
+"buf: records of 120 bytes, each after `frame` bytes (a recording's frame header). lines: the\n"
+"JSON lines of the opens rendered here; back: the records left to Python, in order; counts:\n"
+"opens shown, by path * 7 + outcome; done: records consumed (with stop_on_bad, fewer than in\n"
+"buf when record `done` does not decode); last_ts: ts_ns of the last record read.");
+
+static PyObject *Renderer_render(Renderer *self, PyObject *args, PyObject *kw)
+{
+	static char *names[] = {"buf", "pending", "frame", "stop_on_bad", NULL};
+	Py_buffer in;
+	int pending, stop_on_bad = 0;
+	Py_ssize_t frame = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "y*p|np", names, &in, &pending, &frame,
+					 &stop_on_bad))
+		return NULL;
+	PyObject *back = PyList_New(0), *res = NULL;
+	Buf out = {0};
+	unsigned long long counts[TT_NPATHS * TT_NOUTCOMES] = {0}, done = 0;
+	uint64_t ts = 0;
+	size_t stride = (size_t)frame + sizeof(struct tcptrace_record), len = (size_t)in.len;
+	const unsigned char *p = in.buf;
+	if (!back || frame < 0)
+		goto out;
+	for (size_t at = 0; at + stride <= len; at += stride, done++) {
+		const unsigned char *rec = p + at + frame;
+		int rc = consume(self, rec, stride - frame, &pending, &out, counts, &ts);
+		if (rc < 0)
+			goto out;
+		if (rc == R_BAD && stop_on_bad)
+			break;
+		if (rc != R_DONE && give_back(back, rec, stride - frame) < 0)
+			goto out;
+	}
+	res = result(&out, back, counts, done, ts);
+out:
+	PyBuffer_Release(&in);
+	Py_XDECREF(back);
+	PyMem_Free(out.p);
+	return res;
+}
+
+#define RB_BUSY (1U << 31)
+#define RB_DISCARD (1U << 30)
+#define RB_HDR 8
+
+PyDoc_STRVAR(drain_doc,
+"drain(cons, prod, page, mask, pending) -> (lines, back, counts, records, 0)\n\n"
+"Walk a BPF ring buffer as ringbuf.RingReader.drain does (cons: the consumer page, writable;\n"
+"prod: the producer page then the data area mapped twice, from byte `page`), advancing\n"
+"consumer_pos past each committed batch; the result as render()'s.");
+
+static PyObject *Renderer_drain(Renderer *self, PyObject *args)
+{
+	PyObject *cons_o, *prod_o;
+	Py_ssize_t page;
+	unsigned long long mask;
+	int pending;
+	if (!PyArg_ParseTuple(args, "OOnKp", &cons_o, &prod_o, &page, &mask, &pending))
+		return NULL;
+	Py_buffer cons, prod;
+	if (PyObject_GetBuffer(cons_o, &cons, PyBUF_WRITABLE) < 0)
+		return NULL;
+	if (PyObject_GetBuffer(prod_o, &prod, PyBUF_SIMPLE) < 0) {
+		PyBuffer_Release(&cons);
+		return NULL;
+	}
+	PyObject *back = PyList_New(0), *res = NULL;
+	Buf out = {0};
+	unsigned long long counts[TT_NPATHS * TT_NOUTCOMES] = {0}, n = 0;
+	uint64_t ts;
+	if (!back)
+		goto out;
+	if (cons.len < 8 || page < 8 || (size_t)prod.len < (size_t)page + 2 * (mask + 1)) {
+		PyErr_SetString(PyExc_ValueError, "ring buffer maps smaller than their layout");
+		goto out;
+	}
+	uint64_t *consp = cons.buf;
+	const uint64_t *prodp = prod.buf;
+	const unsigned char *data = (const unsigned char *)prod.buf + page;
+	size_t data_len = (size_t)prod.len - (size_t)page;
+	uint64_t c = __atomic_load_n(consp, __ATOMIC_ACQUIRE);
+	for (;;) {
+		uint64_t pr = __atomic_load_n(prodp, __ATOMIC_ACQUIRE);
+		if (c >= pr)
+			break;
+		int busy = 0;
+		while (c < pr) {
+			size_t off = c & mask;
+			uint32_t head = __atomic_load_n((const uint32_t *)(data + off), __ATOMIC_ACQUIRE);
+			if (head & RB_BUSY) { /* reserved, not yet committed: the next drain takes it */
+				busy = 1;
+				break;
+			}
+			size_t length = head & ~(RB_BUSY | RB_DISCARD);
+			if (!(head & RB_DISCARD)) {
+				const unsigned char *rec = data + off + RB_HDR;
+				size_t avail = data_len - off - RB_HDR; /* as Python's slice would clamp */
+				size_t rlen = length < avail ? length : avail;
+				int rc = consume(self, rec, rlen, &pending, &out, counts, &ts);
+				if (rc < 0 || (rc != R_DONE && give_back(back, rec, rlen) < 0))
+					goto out;
+				n++;
+			}
+			c += (length + RB_HDR + 7) & ~(size_t)7;
+		}
+		__atomic_store_n(consp, c, __ATOMIC_RELEASE); /* frees the space for the producers */
+		if (busy)
+			break;
+	}
+	res = result(&out, back, counts, n, 0);
+out:
+	PyBuffer_Release(&cons);
+	PyBuffer_Release(&prod);
+	Py_XDECREF(back);
+	PyMem_Free(out.p);
+	return res;
+}
+
+static PyMethodDef Renderer_methods[] = {
+	{"render", (PyCFunction)(void (*)(void))Renderer_render, METH_VARARGS | METH_KEYWORDS,
+	 render_doc},
+	{"drain", (PyCFunction)Renderer_drain, METH_VARARGS, drain_doc},
+	{NULL},
+};
+
+static PyTypeObject RendererType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "tcptrace_bpf._fastpath.Renderer",
+	.tp_doc = "Renderer(epoch_offset, port, family, pid, netns, cgroup, failed, slow_ns): a "
+		  "Classifier's clock and Match (None: no filter), rendering opens as jsonl.render",
+	.tp_basicsize = sizeof(Renderer),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_new = PyType_GenericNew,
+	.tp_init = (initproc)Renderer_init,
+	.tp_methods = Renderer_methods,
+};
+
+PyDoc_STRVAR(scan_doc,
+"scan_frames(buf, record_size) -> length of the run of whole record frames (recording.FRAME\n"
+"type 1 of record_size bytes) at the start of buf");
+
+static PyObject *scan_frames(PyObject *Py_UNUSED(mod), PyObject *args)
+{
+	Py_buffer in;
+	Py_ssize_t size, at = 0;
+	if (!PyArg_ParseTuple(args, "y*n", &in, &size))
+		return NULL;
+	const unsigned char *p = in.buf;
+	while (at + 4 + size <= in.len && p[at] == 1 && p[at + 1] == 0 &&
+	       (p[at + 2] | p[at + 3] << 8) == size)
+		at += 4 + size;
+	PyBuffer_Release(&in);
+	return PyLong_FromSsize_t(at);
+}
+
+static PyMethodDef module_methods[] = {
+	{"scan_frames", scan_frames, METH_VARARGS, scan_doc},
+	{NULL},
+};
+
+static struct PyModuleDef module = {
+	PyModuleDef_HEAD_INIT, "tcptrace_bpf._fastpath",
+	"Compiled --json consumer (see tcptrace_bpf/fastpath.py).", -1, module_methods,
+};
+
+static PyObject *names_tuple(const char *const *names, int n)
+{
+	PyObject *t = PyTuple_New(n);
+	for (int i = 0; t && i < n; i++)
+		PyTuple_SET_ITEM(t, i, PyUnicode_FromString(names[i] ? names[i] : ""));
+	return t;
+}
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+	if (PyType_Ready(&RendererType) < 0)
+		return NULL;
+	PyObject *m = PyModule_Create(&module);
+	if (!m)
+		return NULL;
+	Py_INCREF(&RendererType);
+	/* for tests/test_fastpath.py: the names and sizes this build was compiled with */
+	if (PyModule_AddObject(m, "Renderer", (PyObject *)&RendererType) < 0 ||
+	    PyModule_AddObject(m, "STATE_NAMES", names_tuple(STATE_NAMES, NSTATE_NAMES)) < 0 ||
+	    PyModule_AddObject(m, "PATHS", names_tuple(PATH_NAMES, TT_NPATHS)) < 0 ||
+	    PyModule_AddObject(m, "OUTCOMES", names_tuple(OUTCOME_NAMES, TT_NOUTCOMES)) < 0 ||
+	    PyModule_AddObject(m, "FLAG_LISTS", names_tuple(FLAG_LISTS, 4)) < 0 ||
+	    PyModule_AddIntConstant(m, "RECORD_SIZE", sizeof(struct tcptrace_record)) < 0 ||
+	    PyModule_AddIntConstant(m, "WIRE_VERSION", TCPTRACE_WIRE_VERSION) < 0) {
+		Py_DECREF(m);
+		return NULL;
+	}
+	return m;
+}
