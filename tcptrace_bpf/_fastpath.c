@@ -39,9 +39,9 @@ static const char *const OUTCOME_NAMES[TT_NOUTCOMES] = {
 static const char *const FLAG_LISTS[4] = {
 	"[]", "[\"fastopen\"]", "[\"syncookie\"]", "[\"fastopen\",\"syncookie\"]"};
 
-/* -- output buffer ------------------------------------------------------------------------ */
+/* -- output buffer: the bytes object handed back, grown in place (no copy at the end) ----- */
 typedef struct {
-	char *p;
+	PyObject *bytes;
 	size_t len, cap;
 } Buf;
 
@@ -49,19 +49,36 @@ typedef struct {
 
 static int buf_reserve(Buf *b, size_t more)
 {
-	if (b->len + more <= b->cap)
+	if (b->bytes && b->len + more <= b->cap)
 		return 0;
 	size_t cap = b->cap ? b->cap : 65536;
 	while (cap < b->len + more)
 		cap *= 2;
-	char *p = PyMem_Realloc(b->p, cap);
-	if (!p) {
-		PyErr_NoMemory();
+	if (!b->bytes) {
+		b->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)cap);
+		if (!b->bytes)
+			return -1;
+	} else if (_PyBytes_Resize(&b->bytes, (Py_ssize_t)cap) < 0)
 		return -1;
-	}
-	b->p = p;
 	b->cap = cap;
 	return 0;
+}
+
+static char *buf_end(Buf *b)
+{
+	return PyBytes_AS_STRING(b->bytes) + b->len;
+}
+
+/* the lines as a bytes object of their length; the buffer gives it up */
+static PyObject *buf_take(Buf *b)
+{
+	if (!b->bytes)
+		return PyBytes_FromStringAndSize(NULL, 0);
+	PyObject *out = b->bytes;
+	b->bytes = NULL;
+	if (_PyBytes_Resize(&out, (Py_ssize_t)b->len) < 0)
+		return NULL;
+	return out;
 }
 
 static char *put_str(char *o, const char *s)
@@ -70,6 +87,9 @@ static char *put_str(char *o, const char *s)
 	memcpy(o, s, n);
 	return o + n;
 }
+
+/* a string literal: its length known at compile time */
+#define PUT(o, lit) (memcpy((o), (lit), sizeof(lit) - 1), (o) + sizeof(lit) - 1)
 
 static char *put_u64(char *o, uint64_t v)
 {
@@ -84,22 +104,61 @@ static char *put_u64(char *o, uint64_t v)
 	return o;
 }
 
-/* A duration of `units` (ns, or us with scale 1e6) as Python's f"{units / scale:.9f}". The
- * quotient is one correctly rounded division, so below 2^22 s its 9 decimals are exactly the
- * integer's digits (half an ulp < 0.5 ns there); beyond, printf (as exact as Python's). */
-static char *put_duration(char *o, int64_t units, double scale)
+/* A duration, (neg ? -units : units) / scale seconds (units: ns, or us with scale 1e6), as
+ * Python's f"{d:.9f}": Python's float of the exact integer, divided. */
+typedef struct {
+	int neg;
+	uint64_t units;
+	double scale;
+} Duration;
+
+static double seconds(Duration d)
 {
-	uint64_t ns = units < 0 ? -(uint64_t)units : (uint64_t)units;
-	if (scale == 1e6)
-		ns *= 1000;
+	double u = (double)d.units; /* rounded to nearest, as Python's float(int) */
+	return (d.neg ? -u : u) / d.scale;
+}
+
+/* The quotient is one correctly rounded division, so below 2^22 s its 9 decimals are exactly
+ * the integer's digits (half an ulp < 0.5 ns there); beyond, printf (as exact as Python's). */
+static char *put_duration(char *o, Duration d)
+{
+	uint64_t ns = d.units;
 	if (ns >= 4000000000000000ULL)
-		return o + sprintf(o, "%.9f", (double)units / scale);
-	if (units < 0)
+		return o + sprintf(o, "%.9f", seconds(d));
+	if (d.scale == 1e6)
+		ns *= 1000;
+	if (d.neg)
 		*o++ = '-';
 	o = put_u64(o, ns / 1000000000ULL);
 	*o++ = '.';
 	uint64_t frac = ns % 1000000000ULL;
 	for (uint64_t d = 100000000ULL; d; d /= 10)
+		*o++ = (char)('0' + frac / d % 10);
+	return o;
+}
+
+/* Python's f"{x:.6f}": the exact binary value of x rounded half-even to 6 decimals (as
+ * printf does too, at several times the cost). |x| = m / 2^s exactly; m * 10^6 fits 128 bits. */
+static char *put_fixed6(char *o, double x)
+{
+	if (!(fabs(x) < 1e12)) /* and NaN, inf: the quotient below would not fit 64 bits */
+		return o + sprintf(o, "%.6f", x);
+	int e;
+	double fr = frexp(fabs(x), &e); /* |x| = fr * 2^e, fr in [0.5, 1) or 0 */
+	uint64_t m = (uint64_t)ldexp(fr, 53), q = 0;
+	int s = 53 - e; /* > 0: |x| < 1e12 < 2^40 */
+	if (s <= 74) { /* beyond, |x| * 10^6 < 1/4: rounds to 0 */
+		unsigned __int128 v = (unsigned __int128)m * 1000000u;
+		unsigned __int128 half = (unsigned __int128)1 << (s - 1), rem = v & ((half << 1) - 1);
+		q = (uint64_t)(v >> s);
+		if (rem > half || (rem == half && (q & 1)))
+			q++;
+	}
+	if (signbit(x))
+		*o++ = '-';
+	o = put_u64(o, q / 1000000);
+	*o++ = '.';
+	for (uint64_t d = 100000, frac = q % 1000000; d; d /= 10)
 		*o++ = (char)('0' + frac / d % 10);
 	return o;
 }
@@ -110,13 +169,13 @@ static char *put_escaped(char *o, uint32_t c)
 {
 	static const char hex[] = "0123456789abcdef";
 	switch (c) {
-	case '"': return put_str(o, "\\\"");
-	case '\\': return put_str(o, "\\\\");
-	case '\n': return put_str(o, "\\n");
-	case '\r': return put_str(o, "\\r");
-	case '\t': return put_str(o, "\\t");
-	case '\b': return put_str(o, "\\b");
-	case '\f': return put_str(o, "\\f");
+	case '"': return PUT(o, "\\\"");
+	case '\\': return PUT(o, "\\\\");
+	case '\n': return PUT(o, "\\n");
+	case '\r': return PUT(o, "\\r");
+	case '\t': return PUT(o, "\\t");
+	case '\b': return PUT(o, "\\b");
+	case '\f': return PUT(o, "\\f");
 	}
 	if (c >= 0x20 && c <= 0x7e) {
 		*o++ = (char)c;
@@ -186,12 +245,21 @@ static char *put_comm(char *o, const unsigned char *s, size_t n)
 	return o;
 }
 
+/* inet_ntop's text (what wire.py shows); IPv4 by hand, as glibc's "%u.%u.%u.%u" but cheaper */
 static char *put_addr(char *o, const __u8 *addr, int v4)
 {
-	char text[INET6_ADDRSTRLEN];
-	inet_ntop(v4 ? AF_INET : AF_INET6, addr, text, sizeof text);
 	*o++ = '"';
-	o = put_str(o, text);
+	if (v4) {
+		for (int i = 0; i < 4; i++) {
+			if (i)
+				*o++ = '.';
+			o = put_u64(o, addr[i]);
+		}
+	} else {
+		char text[INET6_ADDRSTRLEN];
+		inet_ntop(AF_INET6, addr, text, sizeof text);
+		o = put_str(o, text);
+	}
 	*o++ = '"';
 	return o;
 }
@@ -247,9 +315,9 @@ static int open_outcome(const struct tcptrace_record *r)
 	return rst ? TT_OUT_RESET : TT_OUT_ABORTED;
 }
 
-/* tracker.Match for an open (the duration in units of 1/scale s; has_dur 0 for None) */
+/* tracker.Match for an open (has_dur 0: its duration is None) */
 static int matches(const Renderer *m, const struct tcptrace_record *r, int outcome,
-		   int has_dur, int64_t units, double scale)
+		   int has_dur, Duration d)
 {
 	if (m->has_port && m->port != r->sport && m->port != r->dport)
 		return 0;
@@ -275,7 +343,7 @@ static int matches(const Renderer *m, const struct tcptrace_record *r, int outco
 		return 1;
 	if (!has_dur)
 		return 0;
-	double ns = nearbyint((double)units / scale * 1e9); /* round(duration_s * 1e9) */
+	double ns = nearbyint(seconds(d) * 1e9); /* round(duration_s * 1e9), half-even */
 	if (ns >= 9223372036854775808.0)
 		return 1;
 	return (long long)ns >= m->slow_ns;
@@ -304,71 +372,73 @@ static int consume(const Renderer *m, const unsigned char *p, size_t len, int *p
 	int outcome = open_outcome(&r);
 
 	int has_dur = 1;
-	int64_t units = 0;
-	double scale = 1e9;
+	Duration d = {0, 0, 1e9};
 	if (r.open_flags & TT_OF_SYNCOOKIE)
 		has_dur = 0; /* the kernel kept no SYN-ACK send time for a cookie */
 	else if (path == TT_PATH_PASSIVE && outcome == TT_OUT_ESTABLISHED && r.passive_us) {
-		units = r.passive_us;
-		scale = 1e6;
-	} else if (r.start_ns)
-		units = (int64_t)(r.ts_ns - r.start_ns);
-	else
+		d.units = r.passive_us;
+		d.scale = 1e6;
+	} else if (r.start_ns) { /* ts before start: negative, as Python's exact int says */
+		d.neg = r.ts_ns < r.start_ns;
+		d.units = d.neg ? r.start_ns - r.ts_ns : r.ts_ns - r.start_ns;
+	} else
 		has_dur = 0;
-	if (!matches(m, &r, outcome, has_dur, units, scale))
+	if (!matches(m, &r, outcome, has_dur, d))
 		return R_DONE;
 	counts[path * TT_NOUTCOMES + outcome]++;
 
 	if (buf_reserve(out, LINE_MAX_BYTES) < 0)
 		return -1;
-	char *o = out->p + out->len;
+	char *o = buf_end(out);
 	int v4 = r.family == AF_INET;
-	o = put_str(o, "{\"type\":\"open\",\"ts\":");
-	o += sprintf(o, "%.6f", (double)r.ts_ns / 1e9 + m->epoch_offset);
-	o = put_str(o, ",\"path\":\"");
+	o = PUT(o, "{\"type\":\"open\",\"ts\":");
+	o = put_fixed6(o, (double)r.ts_ns / 1e9 + m->epoch_offset);
+	o = PUT(o, ",\"path\":\"");
 	o = put_str(o, PATH_NAMES[path]);
-	o = put_str(o, "\",\"outcome\":\"");
+	o = PUT(o, "\",\"outcome\":\"");
 	o = put_str(o, OUTCOME_NAMES[outcome]);
 	o = put_str(o, v4 ? "\",\"family\":4,\"saddr\":" : "\",\"family\":6,\"saddr\":");
 	o = put_addr(o, r.saddr, v4);
-	o = put_str(o, ",\"sport\":");
+	o = PUT(o, ",\"sport\":");
 	o = put_u64(o, r.sport);
-	o = put_str(o, ",\"daddr\":");
+	o = PUT(o, ",\"daddr\":");
 	o = put_addr(o, r.daddr, v4);
-	o = put_str(o, ",\"dport\":");
+	o = PUT(o, ",\"dport\":");
 	o = put_u64(o, r.dport);
-	o = put_str(o, ",\"states\":[");
+	o = PUT(o, ",\"states\":[");
 	for (int i = 0; i < r.nstates; i++) {
 		if (i)
 			*o++ = ',';
 		int s = r.states[i];
-		if (s > 0 && s < NSTATE_NAMES)
-			o += sprintf(o, "\"%s\"", STATE_NAMES[s]);
-		else
+		if (s > 0 && s < NSTATE_NAMES) {
+			*o++ = '"';
+			o = put_str(o, STATE_NAMES[s]);
+			*o++ = '"';
+		} else
 			o += sprintf(o, "\"STATE_%d\"", s); /* TcpState.name_of */
 	}
-	o = put_str(o, "],\"duration_s\":");
-	o = has_dur ? put_duration(o, units, scale) : put_str(o, "null");
-	o = put_str(o, ",\"syn_retransmits\":");
+	o = PUT(o, "],\"duration_s\":");
+	o = has_dur ? put_duration(o, d) : PUT(o, "null");
+	o = PUT(o, ",\"syn_retransmits\":");
 	o = put_u64(o, r.syn_retrans);
-	o = put_str(o, ",\"synack_retransmits\":");
+	o = PUT(o, ",\"synack_retransmits\":");
 	o = put_u64(o, r.synack_retrans);
-	o = put_str(o, ",\"pid\":");
-	o = r.pid ? put_u64(o, r.pid) : put_str(o, "null");
-	o = put_str(o, ",\"comm\":");
+	o = PUT(o, ",\"pid\":");
+	o = r.pid ? put_u64(o, r.pid) : PUT(o, "null");
+	o = PUT(o, ",\"comm\":");
 	size_t n = strnlen(r.comm, TCPTRACE_COMM_LEN);
-	o = n ? put_comm(o, (const unsigned char *)r.comm, n) : put_str(o, "null");
-	o = put_str(o, ",\"netns\":");
+	o = n ? put_comm(o, (const unsigned char *)r.comm, n) : PUT(o, "null");
+	o = PUT(o, ",\"netns\":");
 	o = put_u64(o, r.netns);
-	o = put_str(o, ",\"errno\":");
+	o = PUT(o, ",\"errno\":");
 	/* the kernel keeps no error for a port search that failed: connect() returned it */
 	o = put_u64(o, outcome == TT_OUT_PORT_EXHAUSTED ? EADDRNOTAVAIL : r.sk_err);
-	o = put_str(o, ",\"cgroup\":");
-	o = r.cgroup_id ? put_u64(o, r.cgroup_id) : put_str(o, "null");
-	o = put_str(o, ",\"flags\":");
+	o = PUT(o, ",\"cgroup\":");
+	o = r.cgroup_id ? put_u64(o, r.cgroup_id) : PUT(o, "null");
+	o = PUT(o, ",\"flags\":");
 	o = put_str(o, FLAG_LISTS[r.open_flags & 3]);
-	o = put_str(o, "}\n");
-	out->len = (size_t)(o - out->p);
+	o = PUT(o, "}\n");
+	out->len = (size_t)(o - PyBytes_AS_STRING(out->bytes));
 	return R_DONE;
 }
 
@@ -414,14 +484,14 @@ static int Renderer_init(Renderer *self, PyObject *args, PyObject *kw)
 static PyObject *result(Buf *out, PyObject *back, const unsigned long long *counts,
 			unsigned long long a, unsigned long long b)
 {
-	PyObject *c = PyTuple_New(TT_NPATHS * TT_NOUTCOMES);
-	if (!c)
-		return NULL;
-	for (int i = 0; i < TT_NPATHS * TT_NOUTCOMES; i++)
-		PyTuple_SET_ITEM(c, i, PyLong_FromUnsignedLongLong(counts[i]));
-	PyObject *res = Py_BuildValue("(y#OOKK)", out->p ? out->p : "", (Py_ssize_t)out->len, back,
-				      c, a, b);
-	Py_DECREF(c);
+	PyObject *lines = buf_take(out), *c = PyTuple_New(TT_NPATHS * TT_NOUTCOMES), *res = NULL;
+	if (lines && c) {
+		for (int i = 0; i < TT_NPATHS * TT_NOUTCOMES; i++)
+			PyTuple_SET_ITEM(c, i, PyLong_FromUnsignedLongLong(counts[i]));
+		res = Py_BuildValue("(OOOKK)", lines, back, c, a, b);
+	}
+	Py_XDECREF(lines);
+	Py_XDECREF(c);
 	return res;
 }
 
@@ -457,8 +527,8 @@ static PyObject *Renderer_render(Renderer *self, PyObject *args, PyObject *kw)
 	uint64_t ts = 0;
 	size_t stride = (size_t)frame + sizeof(struct tcptrace_record), len = (size_t)in.len;
 	const unsigned char *p = in.buf;
-	if (!back || frame < 0)
-		goto out;
+	if (!back || frame < 0 || buf_reserve(&out, len / stride * 400 + LINE_MAX_BYTES) < 0)
+		goto out; /* (most lines are under 400 bytes) */
 	for (size_t at = 0; at + stride <= len; at += stride, done++) {
 		const unsigned char *rec = p + at + frame;
 		int rc = consume(self, rec, stride - frame, &pending, &out, counts, &ts);
@@ -473,7 +543,7 @@ static PyObject *Renderer_render(Renderer *self, PyObject *args, PyObject *kw)
 out:
 	PyBuffer_Release(&in);
 	Py_XDECREF(back);
-	PyMem_Free(out.p);
+	Py_XDECREF(out.bytes);
 	return res;
 }
 
@@ -550,7 +620,7 @@ out:
 	PyBuffer_Release(&cons);
 	PyBuffer_Release(&prod);
 	Py_XDECREF(back);
-	PyMem_Free(out.p);
+	Py_XDECREF(out.bytes);
 	return res;
 }
 
