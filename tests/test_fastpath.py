@@ -251,3 +251,13 @@ def test_corrupt_record_after_a_long_run(tmp_path):
     assert fast.stderr == slow.stderr
     (line,) = fast.stderr.decode().strip().splitlines()
     assert "corrupt record 452" in line and "unknown record kind 99" in line
+
+
+def test_used_only_where_it_can_be(monkeypatch):
+    t = Classifier(0.0)
+    assert isinstance(fastpath.for_sink(jsonl.sink(), t, print), fastpath.Batches)
+    from tcptrace_bpf.sinks import text
+    assert fastpath.for_sink(text.sink(), t, print) is None  # text stays Python
+    assert fastpath.for_sink(jsonl.sink(), Classifier(0.0, Match(pid=-1)), print) is None
+    monkeypatch.setenv("TCPTRACE_NO_FASTPATH", "1")
+    assert fastpath.for_sink(jsonl.sink(), t, print) is None
