@@ -132,8 +132,8 @@ static char *put_duration(char *o, Duration d)
 	o = put_u64(o, ns / 1000000000ULL);
 	*o++ = '.';
 	uint64_t frac = ns % 1000000000ULL;
-	for (uint64_t d = 100000000ULL; d; d /= 10)
-		*o++ = (char)('0' + frac / d % 10);
+	for (uint64_t place = 100000000ULL; place; place /= 10)
+		*o++ = (char)('0' + frac / place % 10);
 	return o;
 }
 
