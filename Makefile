@@ -17,7 +17,7 @@ unit:
 	$(VENV)/bin/python -m pytest -ra -m "not kernel" $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache tcptrace_bpf/*.so
 
 # A new user's `make test` (issue 10): in a clean bookworm root (mmdebstrap, cached in
 # /var/cache/tcptrace-bpf/fresh-root) with a fresh clone of HEAD, set-up from nothing and no

@@ -16,13 +16,15 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 #   openssl                                   - TLS certificate for the exporter test
 #   prometheus, promtool (prometheus)         - real scrape, dashboard queries, alert rules
 #   bpftool                                   - nothing of ours stays loaded; bench's foreign-program check
-#   gcc, libc6-dev                            - bench smoke test builds bench/churn.c
+#   gcc, libc6-dev                            - bench smoke test builds bench/churn.c; the
+#                                               compiled --json consumer (tcptrace_bpf/_fastpath.c)
+#   python3-dev                               - Python.h for that consumer
 #   tcpstates-bpfcc (bpfcc-tools)             - bench smoke test's reference row
 #   git                                       - bench records the revision it measured
 #   systemd-analyze (systemd)                 - verifies deploy/systemd's unit
 # (`make image-test` installs what only it needs: mmdebstrap, podman, runc.)
 scripts/apt-install.sh python3-bpfcc python3-venv nftables iproute2 util-linux openssl \
-  prometheus bpftool gcc libc6-dev bpfcc-tools git systemd
+  prometheus bpftool gcc libc6-dev python3-dev bpfcc-tools git systemd
 
 scripts/mount-tracefs.sh
 scripts/kernel-headers.sh
@@ -34,7 +36,10 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
   rm -rf .venv
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# keyed by what the install builds too (the compiled consumer and the header it includes):
+# a change to either rebuilds it
+stamp=.venv/.installed-$(cat pyproject.toml setup.py tcptrace_bpf/_fastpath.c bpf/tcptrace.h \
+  | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   log "installing tcptrace-bpf into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'

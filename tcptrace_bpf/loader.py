@@ -347,10 +347,13 @@ class BpfPrograms:
             return progs
         raise NoBackendError(trials)
 
-    def open_ring(self, on_record: Callable[[bytes], None]) -> None:
+    def open_ring(self, on_record: Callable[[bytes], None],
+                  on_batch: Optional[Callable[[RingReader], int]] = None) -> None:
+        """on_record per record; on_batch, if given, drains the whole ring at once where the
+        ring is read from its map (x86-64; see RingReader), else on_record is used."""
         events = self.bpf["events"]
         if platform.machine() in ("x86_64", "AMD64"):
-            self._ring = RingReader(events.map_fd, self.ring_size, on_record)
+            self._ring = RingReader(events.map_fd, self.ring_size, on_record, on_batch)
             return
 
         def _cb(_ctx, data, size):

@@ -162,7 +162,40 @@ class Reader:
 
     def records(self) -> Iterator[bytes]:
         """Raw records in order; RecordingError at the first corrupt or missing byte."""
+        n = 0
+        while True:
+            body = self._next(n)
+            if body is None:
+                return
+            n += 1
+            yield body
+
+    def runs(self, scan: Callable[[bytes, int], int], chunk: int = 1 << 20) -> Iterator[bytes]:
+        """records() in runs, for a consumer of many at once (fastpath): each a buffer of
+        whole record frames (FRAME + record), scan(buf, record_size) giving the length of the
+        run that begins buf; the other frames are handled as records() handles them."""
         f, size, n = self.f, self.header.record_size, 0
+        while True:
+            buf = f.read(chunk)
+            end = scan(buf, size)
+            if end:
+                self.offset += end
+                if end < len(buf):
+                    f.seek(self.offset)  # the next run, or frame, starts there
+                n += end // (FRAME.size + size)
+                yield buf[:end]
+                continue
+            f.seek(self.offset)
+            body = self._next(n)  # not a whole record frame: a listener table, the end, an error
+            if body is None:
+                return
+            n += 1
+            yield FRAME.pack(FRAME_RECORD, size) + body
+
+    def _next(self, n: int) -> Optional[bytes]:
+        """The next record after `n`, None after the end marker; listener tables on the way
+        go to on_listeners."""
+        f, size = self.f, self.header.record_size
         while True:
             at = self.offset
             head = f.read(FRAME.size)
@@ -180,8 +213,7 @@ class Reader:
                 if length != size:
                     raise self._fail(at, f"corrupt: record {n + 1} has {length} bytes, "
                                          f"expected {size}")
-                n += 1
-                yield body
+                return body
             elif kind == FRAME_LISTENERS:
                 if self.on_listeners is not None:
                     self.on_listeners(*self._listeners(at, body))
@@ -189,7 +221,7 @@ class Reader:
                 self.trailer = self._trailer(at, body)
                 if f.read(1):
                     raise self._fail(self.offset, "corrupt: data after the end marker")
-                return
+                return None
             else:
                 raise self._fail(at, f"corrupt: unknown frame type {kind} after {n} records")
 

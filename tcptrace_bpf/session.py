@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from . import privileges, procfs
+from . import fastpath, privileges, procfs
 from .loader import LoaderError, Settings, BpfPrograms
 from .sinks import RunStart, Sink
 from .summary import RunSummary, add_lost
@@ -99,7 +99,9 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
             raw.emit(buf)
             classify(buf)
 
-        tracer.open_ring(record_and_classify if raw else classify)
+        # `--json`: opens rendered in C a ring's worth at a time (fastpath), the rest as below
+        fast = None if raw else fastpath.for_sink(sink, tracker, lambda item: emit(item))
+        tracer.open_ring(record_and_classify if raw else classify, fast and fast.drain)
         seeded = tracer.seed_listeners(procfs.listener_owners())
         started = RunStart(
             backend=tracer.caps.backend.value, epoch_offset=tracker.epoch_offset,

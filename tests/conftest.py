@@ -12,9 +12,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def require(condition: bool, why: str) -> None:
-    """Skip a real-kernel test outside CI; under CI=true a missing capability fails the run."""
+    """Skip a test that cannot run here (a real-kernel one, or one of the compiled consumer)
+    outside CI; under CI=true a missing capability fails the run."""
     if condition:
         return
     if IN_CI:
-        pytest.fail(f"CI=true and real-kernel test cannot run: {why}")
+        pytest.fail(f"CI=true and this test cannot run: {why}")
     pytest.skip(why)

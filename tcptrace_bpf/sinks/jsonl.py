@@ -47,6 +47,19 @@ def render(item) -> str:
             f'"cgroup":{_opt(r.cgroup)},"flags":{flags}}}')
 
 
-def sink(out=None) -> Lines:
+class JsonLines(Lines):
+    """Lines of render(); also takes lines rendered elsewhere, already encoded (the compiled
+    consumer, tcptrace_bpf/fastpath.py, which sessions use when a sink has write_bytes)."""
+
+    def write_bytes(self, data: bytes) -> None:
+        self.out.flush()  # what emit() wrote comes first
+        buffer = getattr(self.out, "buffer", None)
+        if buffer is None:  # a text-only stream (tests): the lines are ASCII
+            self.out.write(data.decode("ascii"))
+        else:
+            buffer.write(data)
+
+
+def sink(out=None) -> JsonLines:
     """`--json`: one object per line."""
-    return Lines(render, out)
+    return JsonLines(render, out)
