@@ -777,15 +777,14 @@ static __always_inline void on_skb_freed(u64 skb, int reason)
 	}
 }
 
-/* A passive child is being born (LISTEN > SYN_RECV): of the segment in this CPU's bracket. */
-static __always_inline u8 child_flags(void *child)
+/* A passive child is being born (LISTEN > SYN_RECV, at `now`): of the segment in this CPU's
+ * bracket. */
+static __always_inline u8 child_flags(void *child, u64 now)
 {
 	u32 i0 = 0, i1 = 1;
 	u16 dport = 0;
 	struct listen_pkt *b = listen_pkt.lookup(&i1);
 	struct tcptrace_listener *l;
-
-	u64 now = bpf_ktime_get_ns();
 
 	TT_READ(dport, child, OFF_SKC_DPORT);
 	dport = ntohs(dport);
@@ -891,19 +890,27 @@ static __always_inline void on_listen(void *sk, bool start)
 	listeners.update(&k, &o);
 }
 
-/* A new open begins on this socket: fresh state, replacing any stale entry (or a
- * tombstone, see TT_DUAL). */
-static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old, u64 now)
+/* A new open begins on this socket with old > new (at `now`, 0: unknown, before tracing):
+ * fresh state, replacing any stale entry (or a tombstone, see TT_DUAL). The record is
+ * complete before it is stored, so the common path is one map operation; `want`: return the
+ * stored entry (a further lookup), else NULL. */
+static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old, int new, u64 now,
+						     u8 open_flags, bool want)
 {
 	struct tcptrace_record r = {};
 	r.kind = TT_KIND_OPEN;
 	r.start_ns = now;
-	r.ts_ns = bpf_ktime_get_ns(); /* last activity, until resolve(): the sweeper's clock */
+	/* last activity, until resolve(): the sweeper's clock */
+	r.ts_ns = now ? now : bpf_ktime_get_ns();
 	r.skaddr = key;
 	push_state(&r, old);
 	if (!now)
 		r.flags |= TT_F_NO_START;
 	mode_begin(&r, sk, old);
+	push_state(&r, new);
+	r.open_flags = open_flags;
+	if (TT_DUAL)
+		r.flags |= TT_F_DUP_PENDING;
 	if (opens.insert(&key, &r)) { /* BPF_NOEXIST: one map operation on the common path */
 		struct tcptrace_record *e = opens.lookup(&key);
 		if (!e) {
@@ -914,7 +921,7 @@ static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old,
 			count(TT_STAT_STALE_ENTRY);
 		opens.update(&key, &r);
 	}
-	return opens.lookup(&key);
+	return want ? opens.lookup(&key) : NULL;
 }
 
 /* keep: two deliveries, and the other one of this call may still come (see TT_DUAL) */
@@ -970,15 +977,8 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 				return;
 			}
 		}
-		r = begin(key, sk, old, now);
+		begin(key, sk, old, new, now, old == TCP_LISTEN ? child_flags(sk, now) : 0, false);
 		emit_event(sk, TT_PROBE_STATE, old, new);
-		if (r) {
-			if (old == TCP_LISTEN)
-				r->open_flags = child_flags(sk);
-			push_state(r, new);
-			if (TT_DUAL)
-				r->flags |= TT_F_DUP_PENDING;
-		}
 		return;
 	}
 	r = opens.lookup(&key);
@@ -1005,17 +1005,17 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 			return; /* not an open we saw begin: nothing to explain */
 		/* A passive child that kprobe/fentry see only from SYN_RECV on (it is born by
 		 * inet_sk_set_state, not tcp_set_state), or one created before tracing began. */
-		r = begin(key, sk, TCP_LISTEN, 0);
-		if (!r)
-			return;
+		u8 flags = 0;
 #ifndef BACKEND_TRACEPOINT
 		u8 *f = child_open_flags.lookup(&key);
 		if (f) {
-			r->open_flags = *f;
+			flags = *f;
 			child_open_flags.delete(&key);
 		}
 #endif
-		push_state(r, TCP_SYN_RECV);
+		r = begin(key, sk, TCP_LISTEN, TCP_SYN_RECV, 0, flags, true);
+		if (!r)
+			return;
 	}
 	if (last_state(r) != old) {
 		/* the socket changed state before this with no program run for it (see
@@ -1197,7 +1197,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 		/* kprobe/fentry begin a passive open only at SYN_RECV > ESTABLISHED, outside the
 		 * bracket of the segment that made the child: its flags wait here for begin() */
 		u64 key = (u64)sk;
-		u8 f = child_flags(sk);
+		u8 f = child_flags(sk, bpf_ktime_get_ns());
 		child_open_flags.update(&key, &f);
 	}
 #endif
