@@ -42,12 +42,18 @@
  * socket on the host) changes TCP states that this program then never sees (the kernel counts
  * them as the program's recursion_misses). The crossed-SYN flake of issue 10 was that: both
  * sockets' SYN_SENT > SYN_RECV > ESTABLISHED ran in a timer softirq nested in the program.
- * So the same handler also runs from the perf-event tracepoint sock:inet_sock_set_state,
- * which the kernel skips only while another kprobe or perf-event tracepoint program runs on
- * the CPU (bpf_prog_active), never because of the raw tracepoint program: every state change
- * reaches on_state() once or twice. Both deliveries of one tracepoint call come one after the
- * other, with no other state change of that socket in between (the caller holds the socket
- * lock), in either order; the socket's own entry tells the second from a new transition:
+ * So the same handler also runs from a second raw tracepoint program on the same tracepoint
+ * (tt_again_inet_sock_set_state, attached by the loader after the first). The kernel's
+ * recursion guard is per program (prog->active in __bpf_trace_run), and the two run one after
+ * the other, never one inside the other: a state change nested in one of them (a softirq on
+ * top of it; tracepoint programs run with preemption off, and softirqs do not nest) finds the
+ * other one idle. So every state change reaches on_state() once or twice. (Until issue 13 the
+ * second delivery was the perf-event tracepoint sock:inet_sock_set_state, which is skipped
+ * only while a kprobe or perf-event program runs on the CPU: as good a cover, but the kernel
+ * builds a trace record for it first, and that costs more than the program.) Both deliveries
+ * of one tracepoint call come one after the other, with no other state change of that socket
+ * in between (the caller holds the socket lock), in either order; the socket's own entry
+ * tells the second from a new transition:
  *   TT_F_DUP_PENDING  the entry's last transition came from one delivery; the other one may
  *                     follow, and is dropped
  *   TT_F_RESOLVED     the open was already submitted: the entry stays only until that other
@@ -665,40 +671,6 @@ static __always_inline u32 sk_drops(u64 sk)
 	return v;
 }
 
-/* The order of tcp_conn_request(): SYN queue full (or tcp_syncookies=2) sends a cookie, or
- * without cookies drops; then a full accept queue drops. Full is ">" for both queues. */
-static __always_inline void predict_syn(u64 sk, struct listen_pkt *b)
-{
-	u32 backlog = 0, max = 0, qlen = 0;
-	u8 cookies = 0;
-	void *net = tt_sock_net((void *)sk);
-
-	TT_READ(backlog, (void *)sk, OFF_SK_ACK_BACKLOG);
-	TT_READ(max, (void *)sk, OFF_SK_MAX_ACK_BACKLOG);
-	TT_READ(qlen, (void *)sk, OFF_ICSK_SYN_QLEN);
-	if (net)
-		TT_READ(cookies, net, OFF_NET_SYNCOOKIES);
-	b->reason = TT_NDROPS;
-	b->want_cookie = 0;
-	if (cookies == 2 || qlen > max) {
-		if (!cookies) {
-			b->reason = TT_DROP_SYN_QUEUE;
-			return;
-		}
-		b->want_cookie = 1;
-	}
-	if (backlog > max)
-		b->reason = TT_DROP_ACCEPT_QUEUE;
-}
-
-/* A pointer the verifier types (ctx, bpf_sock) as a plain number: through the stack. */
-static __always_inline u64 as_addr(void *p)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), &p);
-	return v;
-}
-
 /* Whether an ACK to listener `sk` matches a request socket (the normal final ACK) or not
  * (the kernel will check it as a SYN cookie): the same lookup the kernel just did. */
 static __always_inline bool matches_request(struct __sk_buff *skb, bool v6, u32 thoff)
@@ -727,20 +699,89 @@ static __always_inline bool matches_request(struct __sk_buff *skb, bool v6, u32 
 	return req;
 }
 
+/* The listener's fields the ingress program reads, through the BTF pointer that
+ * bpf_skc_to_tcp_sock() gives: plain loads, which the verifier checks against the running
+ * kernel's BTF (where the OFF_* constants come from) and the JIT makes fault-safe, where each
+ * bpf_probe_read_kernel() is a helper call (issue 13: they were most of this program's time,
+ * and it runs for every segment to a listener). The pointer and the skb's are kept as plain
+ * numbers (the raw tracepoints see them as such): root's programs may (CAP_PERFMON). */
+#define TT_BTF(type, tp, off) (*(type *)((char *)(tp) + (off)))
+
+/* The order of tcp_conn_request(): SYN queue full (or tcp_syncookies=2) sends a cookie, or
+ * without cookies drops; then a full accept queue drops. Full is ">" for both queues. */
+static __always_inline void predict_syn(struct tcp_sock *tp, struct listen_pkt *b)
+{
+	u32 backlog = TT_BTF(u32, tp, OFF_SK_ACK_BACKLOG), max = TT_BTF(u32, tp, OFF_SK_MAX_ACK_BACKLOG);
+	u32 qlen = TT_BTF(u32, tp, OFF_ICSK_SYN_QLEN);
+	char *net = TT_BTF(char *, tp, OFF_SKC_NET);
+	u8 cookies = TT_BTF(u8, net, OFF_NET_SYNCOOKIES);
+
+	b->reason = TT_NDROPS;
+	b->want_cookie = 0;
+	if (cookies == 2 || qlen > max) {
+		if (!cookies) {
+			b->reason = TT_DROP_SYN_QUEUE;
+			return;
+		}
+		b->want_cookie = 1;
+	}
+	if (backlog > max)
+		b->reason = TT_DROP_ACCEPT_QUEUE;
+}
+
 /* Whether the kernel would take an ACK to this listener as a SYN cookie: only within two
  * minutes of the listener's last SYN-queue overflow or cookie (tcp_synq_no_recent_overflow(),
  * whose stamp cookie_init_sequence() sets for every cookie sent); a listener that never had
  * one has a zero stamp, and needs no socket lookup per final ACK (the lookup was a third of
  * this program's time at full churn). Reuseport groups keep their stamp elsewhere: always
  * looked up. */
-static __always_inline bool cookies_possible(u64 sk)
+static __always_inline bool cookies_possible(struct tcp_sock *tp)
 {
-	u32 stamp = 0;
-	u64 reuse = 0;
+	return TT_BTF(u32, tp, OFF_TCP_TS_RECENT_STAMP) || TT_BTF(u64, tp, OFF_SK_REUSEPORT_CB);
+}
 
-	TT_READ(stamp, (void *)sk, OFF_TCP_TS_RECENT_STAMP);
-	TT_READ(reuse, (void *)sk, OFF_SK_REUSEPORT_CB);
-	return stamp || reuse;
+/* The TCP flags and the peer's port of a segment, and where its TCP header starts: read in
+ * place (the headers are in the linear part for every segment seen here: loopback and NIC
+ * drivers pull them), else copied out with bpf_skb_load_bytes(). False: not TCP. */
+static __always_inline bool tcp_header(struct __sk_buff *skb, bool v6, u32 *thoff, u8 *flags,
+				       u16 *rport)
+{
+	u8 *data = (u8 *)(long)skb->data, *end = (u8 *)(long)skb->data_end, *th;
+	u8 b0 = 0, proto = 0;
+
+	if (v6) {
+		if (data + 40 + 14 <= end) {
+			if (data[6] != IPPROTO_TCP)
+				return false;
+			th = data + 40;
+			*thoff = 40;
+			*flags = th[13];
+			*rport = *(u16 *)th;
+			return true;
+		}
+		if (bpf_skb_load_bytes(skb, 6, &proto, 1))
+			return false;
+		*thoff = 40;
+	} else {
+		if (data + 20 <= end) {
+			b0 = data[0];
+			proto = data[9];
+			*thoff = (b0 & 0xf) * 4;
+			th = data + ((b0 & 0xf) << 2);
+			if (th + 14 <= end) {
+				if (proto != IPPROTO_TCP)
+					return false;
+				*flags = th[13];
+				*rport = *(u16 *)th;
+				return true;
+			}
+		} else if (bpf_skb_load_bytes(skb, 0, &b0, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1)) {
+			return false;
+		}
+		*thoff = (b0 & 0xf) * 4;
+	}
+	return proto == IPPROTO_TCP && !bpf_skb_load_bytes(skb, *thoff + 13, flags, 1) &&
+	       !bpf_skb_load_bytes(skb, *thoff, rport, 2);
 }
 
 /* cgroup_skb ingress at the cgroup2 root: every packet on the host that has a socket. It
@@ -748,62 +789,51 @@ static __always_inline bool cookies_possible(u64 sk)
 int tt_listen_ingress(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb->sk;
+	struct tcp_sock *tp;
 	struct listen_pkt *b;
 	struct tcptrace_listener *l;
 	u32 thoff = 0;
 	u64 now;
 	u16 rport = 0;
-	u8 b0 = 0, proto = 0, flags = 0;
+	u8 flags = 0;
 	bool v6;
 
 	/* every packet with a socket comes here: leave before any helper unless it is for a
-	 * listener (state is readable on any socket; protocol needs the full socket) */
+	 * listener (state is readable on any socket); then a full TCP socket, as a BTF pointer */
 	if (!sk || sk->state != BPF_TCP_LISTEN)
 		return 1;
-	sk = bpf_sk_fullsock(sk);
-	if (!sk || sk->protocol != IPPROTO_TCP)
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
 		return 1;
 	v6 = skb->protocol == bpf_htons(ETH_P_IPV6);
-	if (v6) {
-		if (bpf_skb_load_bytes(skb, 6, &proto, 1))
-			return 1;
-		thoff = 40;
-	} else {
-		if (bpf_skb_load_bytes(skb, 0, &b0, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1))
-			return 1;
-		thoff = (b0 & 0xf) * 4;
-	}
-	if (proto != IPPROTO_TCP || bpf_skb_load_bytes(skb, thoff + 13, &flags, 1) ||
-	    bpf_skb_load_bytes(skb, thoff, &rport, 2))
+	if (!tcp_header(skb, v6, &thoff, &flags, &rport) || (flags & TT_RST))
 		return 1;
-	if (flags & TT_RST)
-		return 1;
+	if ((flags & (TT_SYN | TT_ACK)) != TT_SYN && (flags & (TT_SYN | TT_ACK)) != TT_ACK)
+		return 1; /* neither a SYN nor a pure ACK: nothing to bracket */
 	now = bpf_ktime_get_ns();
 	b = bracket_slot(now);
 	if (!b)
 		return 1;
 	b->opened_ns = now;
-	b->listener = as_addr(sk);
+	b->listener = (u64)tp;
 	l = listener_of(b->listener);
 	if (!l)
 		return 1;
 	b->rport = ntohs(rport);
-	b->drops_before = sk_drops(b->listener);
+	b->drops_before = TT_BTF(u32, tp, OFF_SK_DROPS);
 	if ((flags & (TT_SYN | TT_ACK)) == TT_SYN) {
 		b->kind = TT_PKT_SYN;
 		b->cookie = 0;
 		/* (atomics without their result: BPF has them on every kernel we run on) */
 		__sync_fetch_and_add(&l->inflight, 1);
 		b->contended = l->inflight > 1;
-		predict_syn(b->listener, b);
-	} else if ((flags & (TT_SYN | TT_ACK)) == TT_ACK) {
+		predict_syn(tp, b);
+	} else {
 		b->kind = TT_PKT_ACK;
 		b->contended = 0;
-		b->cookie = cookies_possible(b->listener) && !matches_request(skb, v6, thoff);
-	} else {
-		return 1;
+		b->cookie = cookies_possible(tp) && !matches_request(skb, v6, thoff);
 	}
-	b->skb = as_addr(skb);
+	b->skb = (u64)skb;
 	return 1;
 }
 
@@ -847,15 +877,14 @@ static __always_inline void on_skb_freed(u64 skb, int reason)
 	}
 }
 
-/* A passive child is being born (LISTEN > SYN_RECV): of the segment in this CPU's bracket. */
-static __always_inline u8 child_flags(void *child)
+/* A passive child is being born (LISTEN > SYN_RECV, at `now`): of the segment in this CPU's
+ * bracket. */
+static __always_inline u8 child_flags(void *child, u64 now)
 {
 	u32 i0 = 0, i1 = 1;
 	u16 dport = 0;
 	struct listen_pkt *b = listen_pkt.lookup(&i1);
 	struct tcptrace_listener *l;
-
-	u64 now = bpf_ktime_get_ns();
 
 	TT_READ(dport, child, OFF_SKC_DPORT);
 	dport = ntohs(dport);
@@ -889,17 +918,17 @@ RAW_TRACEPOINT_PROBE(kfree_skb) /* (skb, location, enum skb_drop_reason reason[,
  * on a CPU where it is already running, so a timer interrupt that lands inside the
  * consume_skb program and sends a SYN to a listener in its softirq (a client's SYN re-send)
  * frees that SYN unseen: measured, about one SYN in sixty in the synq_full scenario, counted
- * as listen_unclosed. The perf-event tracepoints are not skipped for that; whichever
- * delivery comes first closes the bracket, the other finds it closed. */
-TRACEPOINT_PROBE(skb, consume_skb)
+ * as listen_unclosed. A second raw program on the same tracepoint (attached by the loader) is
+ * idle then; whichever delivery comes first closes the bracket, the other finds it closed. */
+int tt_again_consume_skb(struct bpf_raw_tracepoint_args *ctx)
 {
-	on_skb_freed((u64)args->skbaddr, 0);
+	on_skb_freed(ctx->args[0], 0);
 	return 0;
 }
 
-TRACEPOINT_PROBE(skb, kfree_skb)
+int tt_again_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 {
-	on_skb_freed((u64)args->skbaddr, (int)args->reason);
+	on_skb_freed(ctx->args[0], (int)ctx->args[2]);
 	return 0;
 }
 
@@ -961,19 +990,27 @@ static __always_inline void on_listen(void *sk, bool start)
 	listeners.update(&k, &o);
 }
 
-/* A new open begins on this socket: fresh state, replacing any stale entry (or a
- * tombstone, see TT_DUAL). */
-static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old, u64 now)
+/* A new open begins on this socket with old > new (at `now`, 0: unknown, before tracing):
+ * fresh state, replacing any stale entry (or a tombstone, see TT_DUAL). The record is
+ * complete before it is stored, so the common path is one map operation; `want`: return the
+ * stored entry (a further lookup), else NULL. */
+static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old, int new, u64 now,
+						     u8 open_flags, bool want)
 {
 	struct tcptrace_record r = {};
 	r.kind = TT_KIND_OPEN;
 	r.start_ns = now;
-	r.ts_ns = bpf_ktime_get_ns(); /* last activity, until resolve(): the sweeper's clock */
+	/* last activity, until resolve(): the sweeper's clock */
+	r.ts_ns = now ? now : bpf_ktime_get_ns();
 	r.skaddr = key;
 	push_state(&r, old);
 	if (!now)
 		r.flags |= TT_F_NO_START;
 	mode_begin(&r, sk, old);
+	push_state(&r, new);
+	r.open_flags = open_flags;
+	if (TT_DUAL)
+		r.flags |= TT_F_DUP_PENDING;
 	if (opens.insert(&key, &r)) { /* BPF_NOEXIST: one map operation on the common path */
 		struct tcptrace_record *e = opens.lookup(&key);
 		if (!e) {
@@ -984,7 +1021,7 @@ static __always_inline struct tcptrace_record *begin(u64 key, void *sk, int old,
 			count(TT_STAT_STALE_ENTRY);
 		opens.update(&key, &r);
 	}
-	return opens.lookup(&key);
+	return want ? opens.lookup(&key) : NULL;
 }
 
 /* keep: two deliveries, and the other one of this call may still come (see TT_DUAL) */
@@ -1040,15 +1077,8 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 				return;
 			}
 		}
-		r = begin(key, sk, old, now);
+		begin(key, sk, old, new, now, old == TCP_LISTEN ? child_flags(sk, now) : 0, false);
 		emit_event(sk, TT_PROBE_STATE, old, new);
-		if (r) {
-			if (old == TCP_LISTEN)
-				r->open_flags = child_flags(sk);
-			push_state(r, new);
-			if (TT_DUAL)
-				r->flags |= TT_F_DUP_PENDING;
-		}
 		return;
 	}
 	r = opens.lookup(&key);
@@ -1075,17 +1105,17 @@ static __always_inline void on_state(void *sk, int old, int new, bool raw)
 			return; /* not an open we saw begin: nothing to explain */
 		/* A passive child that kprobe/fentry see only from SYN_RECV on (it is born by
 		 * inet_sk_set_state, not tcp_set_state), or one created before tracing began. */
-		r = begin(key, sk, TCP_LISTEN, 0);
-		if (!r)
-			return;
+		u8 flags = 0;
 #ifndef BACKEND_TRACEPOINT
 		u8 *f = child_open_flags.lookup(&key);
 		if (f) {
-			r->open_flags = *f;
+			flags = *f;
 			child_open_flags.delete(&key);
 		}
 #endif
-		push_state(r, TCP_SYN_RECV);
+		r = begin(key, sk, TCP_LISTEN, TCP_SYN_RECV, 0, flags, true);
+		if (!r)
+			return;
 	}
 	if (last_state(r) != old) {
 		/* the socket changed state before this with no program run for it (see
@@ -1270,7 +1300,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 		/* kprobe/fentry begin a passive open only at SYN_RECV > ESTABLISHED, outside the
 		 * bracket of the segment that made the child: its flags wait here for begin() */
 		u64 key = (u64)sk;
-		u8 f = child_flags(sk);
+		u8 f = child_flags(sk, bpf_ktime_get_ns());
 		child_open_flags.update(&key, &f);
 	}
 #endif
@@ -1287,25 +1317,31 @@ RAW_TRACEPOINT_PROBE(tcp_receive_reset) /* (struct sock *sk) */
 	return 0;
 }
 
-/* The second deliveries (see TT_DUAL): the same changes through the perf-event tracepoints,
- * for the ones the raw tracepoint programs were skipped for. listen() and a listener's
- * close() run in process context, where the raw tracepoint program is never skipped. */
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+/* The second deliveries (see TT_DUAL): second raw tracepoint programs on the same
+ * tracepoints, attached by the loader (tcptrace_bpf/loader.py SECOND_DELIVERIES), for the
+ * changes the first programs were skipped for. listen() and a listener's close() run in
+ * process context, where the first program is never skipped. */
+int tt_again_inet_sock_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
-	int old = args->oldstate, new = args->newstate;
+	void *sk = (void *)ctx->args[0];
+	int old = ctx->args[1], new = ctx->args[2];
+	u16 protocol = 0;
 
 	if (old != TCP_CLOSE && old != TCP_LISTEN && old != TCP_SYN_SENT && old != TCP_SYN_RECV)
 		return 0;
-	if (args->protocol != IPPROTO_TCP || new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE)
+	if (new == TCP_LISTEN || old == TCP_LISTEN && new == TCP_CLOSE)
 		return 0;
-	on_state((void *)args->skaddr, old, new, false);
+	TT_READ(protocol, sk, OFF_SK_PROTOCOL);
+	if (protocol != IPPROTO_TCP)
+		return 0;
+	on_state(sk, old, new, false);
 	return 0;
 }
 
-/* setting a flag twice is harmless; the raw event comes from the raw tracepoint only */
-TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+/* setting a flag twice is harmless; the raw event comes from the first program only */
+int tt_again_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
 {
-	on_flags((void *)args->skaddr, TT_F_RST_IN);
+	on_flags((void *)ctx->args[0], TT_F_RST_IN);
 	return 0;
 }
 #endif

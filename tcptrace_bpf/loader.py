@@ -87,6 +87,30 @@ AUTO_ORDER = (Backend.FENTRY, Backend.KPROBE, Backend.TRACEPOINT)
 KPROBES = {"tcp_set_state": "kp_tcp_set_state",
            "tcp_rcv_state_process": "kp_tcp_rcv_state_process",
            "tcp_send_synack": "kp_tcp_send_synack"}
+# raw tracepoint -> its second program (bpf/tcptrace.bpf.c TT_DUAL), attached after the first
+# (bcc autoloads that one): the kernel skips a raw tracepoint program nested in itself, never
+# one nested in another program. The state-change and RST ones: tracepoint backend only.
+SECOND_DELIVERIES = {"consume_skb": "tt_again_consume_skb",
+                     "kfree_skb": "tt_again_kfree_skb"}
+SECOND_DELIVERIES_TRACEPOINT = {"inet_sock_set_state": "tt_again_inet_sock_set_state",
+                                "tcp_receive_reset": "tt_again_tcp_receive_reset"}
+
+
+def second_key(tp: str) -> bytes:
+    """Where a second delivery's attachment is kept in bcc's raw_tracepoint_fds (the first
+    one's is the plain name), so bcc's cleanup() closes it and tests can detach it."""
+    return f"{tp}#2".encode()
+
+
+def attach_second(bpf, tp: str, fn_name: str) -> None:
+    """Attach `fn_name` as a further program on raw tracepoint `tp` (bcc's own
+    attach_raw_tracepoint takes one program per tracepoint)."""
+    from bcc.libbcc import lib
+    fn = bpf.load_func(fn_name.encode(), bpf.RAW_TRACEPOINT)
+    fd = lib.bpf_attach_raw_tracepoint(fn.fd, tp.encode())
+    if fd < 0:
+        raise Exception(f"Failed to attach {fn_name} to raw tracepoint {tp}")
+    bpf.raw_tracepoint_fds[second_key(tp)] = fd
 
 
 class LoaderError(Exception):
@@ -481,6 +505,11 @@ def _load(bcc, backend: Backend, flags: list[str]):
     # a refused fentry load raises here, which is the trial.
     bpf = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=flags)
     try:
+        second = dict(SECOND_DELIVERIES)
+        if backend is Backend.TRACEPOINT:
+            second.update(SECOND_DELIVERIES_TRACEPOINT)
+        for tp, fn in second.items():
+            attach_second(bpf, tp, fn)
         if backend is Backend.KPROBE:
             for event, fn in KPROBES.items():
                 bpf.attach_kprobe(event=event.encode(), fn_name=fn.encode())

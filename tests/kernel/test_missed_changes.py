@@ -77,12 +77,12 @@ print("{}", flush=True)
 
 def _take_away(t):
     t.bpf.detach_raw_tracepoint(tp=b"inet_sock_set_state")
-    t.bpf.detach_tracepoint(tp=b"sock:inet_sock_set_state")
+    t.bpf.detach_raw_tracepoint(tp=loader.second_key("inet_sock_set_state"))
 
 
 def _put_back(t):
     t.bpf.attach_raw_tracepoint(tp=b"inet_sock_set_state", fn_name=b"raw_tracepoint__inet_sock_set_state")
-    t.bpf.attach_tracepoint(tp=b"sock:inet_sock_set_state", fn_name=b"tracepoint__sock__inet_sock_set_state")
+    loader.attach_second(t.bpf, "inet_sock_set_state", "tt_again_inet_sock_set_state")
 
 
 @pytest.fixture(scope="module")
