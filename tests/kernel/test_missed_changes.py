@@ -11,13 +11,14 @@ waits while the programs are taken away, then reports what its socket saw."""
 
 import errno
 import json
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tcptrace_bpf import loader, wire
+from tcptrace_bpf import bpfsys, loader, wire
 from tcptrace_bpf.model import OpenPath, Outcome, TcpState
 from tcptrace_bpf.tracker import Classifier
 
@@ -75,14 +76,23 @@ c.close()
 print("{}", flush=True)
 """
 
+# the state-change programs' attachments (BpfPrograms.attachments) -> how to put each back
+RAW, PERF = "raw_tracepoint:inet_sock_set_state", "tracepoint:sock:inet_sock_set_state"
+
+
 def _take_away(t):
-    t.bpf.detach_raw_tracepoint(tp=b"inet_sock_set_state")
-    t.bpf.detach_tracepoint(tp=b"sock:inet_sock_set_state")
+    for name in (RAW, PERF):
+        os.close(t.attachments.pop(name))
 
 
 def _put_back(t):
-    t.bpf.attach_raw_tracepoint(tp=b"inet_sock_set_state", fn_name=b"raw_tracepoint__inet_sock_set_state")
-    t.bpf.attach_tracepoint(tp=b"sock:inet_sock_set_state", fn_name=b"tracepoint__sock__inet_sock_set_state")
+    from bcc.libbcc import lib  # the test's own process may use bcc; the tracer does not
+    t.attachments[RAW] = bpfsys.raw_tracepoint_open(
+        t.programs["raw_tracepoint__inet_sock_set_state"], "inet_sock_set_state")
+    fd = lib.bpf_attach_tracepoint(t.programs["tracepoint__sock__inet_sock_set_state"],
+                                   b"sock", b"inet_sock_set_state")
+    assert fd >= 0
+    t.attachments[PERF] = fd
 
 
 @pytest.fixture(scope="module")
