@@ -102,6 +102,8 @@ AUTO_ORDER = (Backend.FENTRY, Backend.KPROBE, Backend.TRACEPOINT)
 KPROBES = {"tcp_set_state": "kp_tcp_set_state",
            "tcp_rcv_state_process": "kp_tcp_rcv_state_process",
            "tcp_send_synack": "kp_tcp_send_synack"}
+# where the cheap fentry trial (bpfsys.fentry_trial) attaches: a function the backend hooks
+FENTRY_TRIAL_FUNCTION = "tcp_set_state"
 # the maps the resident process reads (the agg_ ones exist in export mode only)
 MAPS = ("events", "opens", "stats", "listeners", "listen_socks", "listen_ports",
         "agg_handshakes", "agg_rtx", "agg_duration", "agg_flagged")
@@ -233,8 +235,20 @@ def cflags(backend: Backend, settings: Settings, offsets: list[str]) -> list[str
 
 @functools.lru_cache(maxsize=2)
 def _btf(path: Path) -> BTF:
-    """Parsed once per loading process."""
+    """Parsed once per loading process: the offsets and the fentry trial both read it."""
     return BTF.from_file(path)
+
+
+def _fentry_refused() -> Optional[str]:
+    """Why the kernel takes no fentry program, or None: a two-instruction program loaded and
+    attached at FENTRY_TRIAL_FUNCTION, in place of seconds of compiling the real ones for a
+    kernel that then refuses them."""
+    if not VMLINUX_BTF.exists():
+        return "kernel has no BTF (fentry programs need it)"
+    try:
+        return bpfsys.fentry_trial(_btf(VMLINUX_BTF).func_id(FENTRY_TRIAL_FUNCTION))
+    except (BTFError, OSError) as exc:
+        return first_line(exc)
 
 
 def _kprobes_possible() -> Optional[str]:
@@ -509,7 +523,9 @@ def _load_and_attach(attach: str, settings: Settings) -> tuple[dict, list[int]]:
     order = AUTO_ORDER if attach == "auto" else (Backend(attach),)
     trials: list[BackendTrial] = []
     for backend in order:
-        if backend is Backend.KPROBE and (why := _kprobes_possible()):
+        why = (_kprobes_possible() if backend is Backend.KPROBE
+               else _fentry_refused() if backend is Backend.FENTRY else None)
+        if why:
             trials.append(BackendTrial(backend, False, why))
             continue
         said = str  # "" if kernel_messages() itself fails

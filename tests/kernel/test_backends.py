@@ -104,6 +104,16 @@ def test_the_resident_process_traces_without_bcc(consumer):
     assert got == {"bcc": [], "llvm": [], "seen": True}
 
 
+def test_fentry_trial_is_cheap():
+    """The fentry trial loads two instructions, not the compiled programs: here (fentry
+    refused) it answers in well under a second, in libbpf's words."""
+    kernel_ready()
+    t0 = time.monotonic()
+    why = loader._fentry_refused()
+    assert time.monotonic() - t0 < 2.0  # BTF parse included
+    assert why is None or why.startswith(("Failed to load program: ", "Failed to attach program: "))
+
+
 def test_loading_errors_arrive_as_the_same_loader_error(tmp_path):
     """No headers: the loading process's LoaderError is the resident process's, word for
     word, and no traceback (the CLI then prints its one line)."""
