@@ -194,7 +194,8 @@ def offset_cflags(btf_path: Path = VMLINUX_BTF) -> tuple[list[str], str]:
     """-D flags with every struct offset: from BTF, or without BTF the offsetof() the kernel
     headers give (optional fields then stay absent: the headers may lack them)."""
     if not btf_path.exists():
-        return ([f"-D{name}=offsetof(struct {s}, {m})" for name, (s, m) in OFFSETS.items()]
+        return (["-DTT_STRUCTS_FROM_HEADERS"]
+                + [f"-D{name}=offsetof(struct {s}, {m})" for name, (s, m) in OFFSETS.items()]
                 + [f"-D{name}={m}" for name, (_, m) in ENUMS.items()],
                 "kernel headers (no BTF)")
     try:

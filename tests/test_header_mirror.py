@@ -168,8 +168,11 @@ def test_the_c_reads_only_offsets_the_loader_gives():
 
 
 def test_without_btf_the_offsets_are_the_headers_offsetof(tmp_path):
+    """...which needs the headers' structs: the C includes them only then (with BTF, only
+    constants: parsing net/tcp.h was most of the compile)."""
     flags, source = loader.offset_cflags(tmp_path / "no-btf")
     assert source == "kernel headers (no BTF)"
-    assert flags == [f"-D{name}=offsetof(struct {s}, {m})"
+    assert "#ifdef TT_STRUCTS_FROM_HEADERS" in C_SOURCE
+    assert flags == ["-DTT_STRUCTS_FROM_HEADERS"] + [f"-D{name}=offsetof(struct {s}, {m})"
                      for name, (s, m) in loader.OFFSETS.items()] + [
                      f"-D{name}={m}" for name, (_, m) in loader.ENUMS.items()]
