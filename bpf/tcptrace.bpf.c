@@ -4,17 +4,34 @@
  *   BACKEND_TRACEPOINT | BACKEND_KPROBE | BACKEND_FENTRY   which hooks to build
  *   OFF_*                 struct offsets, every one (loader.OFFSETS): from the running kernel's
  *                         BTF, or offsetof() against the headers when it has none
+ *   TT_STRUCTS_FROM_HEADERS  given with the offsetof() ones: include the headers' structs
  *   MAX_SOCKETS, MAX_LISTENERS, RINGBUF_PAGES, TCPTRACE_EVENTS
  *   TCPTRACE_AGGREGATE, TT_NBUCKETS, TT_B0..TT_B31   export mode: count opens in the kernel
  * Every read of a kernel struct goes through an OFF_* offset: header layouts can be wrong
  * for the running kernel (see README "Why BTF offsets"). */
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/in.h>
+#include <uapi/linux/if_ether.h>
+#ifdef TT_STRUCTS_FROM_HEADERS
+/* no BTF: the OFF_* flags are offsetof() against these headers' structs */
 #include <net/sock.h>
 #include <net/inet_sock.h>
 #include <net/request_sock.h>
 #include <linux/tcp.h>
 #include <net/tcp.h>
+#else
+/* Every struct is read through an OFF_* offset from BTF: only the constants are needed
+ * (TCP_* states; enum skb_drop_reason, which the skb:kfree_skb tracepoint's record names).
+ * Parsing net/tcp.h and what it pulls in was most of the compile's time. */
+#include <net/tcp_states.h>
+struct sock;
+struct sk_buff;
+#if __has_include(<net/dropreason-core.h>)
+#include <net/dropreason-core.h>
+#else
+#include <linux/skbuff.h>
+#endif
+#endif
 #include "tcptrace.h"
 
 #ifndef MAX_SOCKETS

@@ -53,6 +53,7 @@ class BTF:
         self._types: list[_Type | None] = [None]  # type id 0 is void
         self._by_name: dict[str, int] = {}
         self._enums: dict[str, int] = {}
+        self._funcs: dict[str, int] = {}
         self._index()
 
     @classmethod
@@ -79,6 +80,8 @@ class BTF:
                 self._by_name[t.name] = tid
             if kind == _ENUM and t.name and t.name not in self._enums:
                 self._enums[t.name] = tid
+            if kind == _FUNC and t.name and t.name not in self._funcs:
+                self._funcs[t.name] = tid
             fixed, per = _EXTRA.get(kind, (0, 0))
             pos += 12 + fixed + per * vlen
 
@@ -140,6 +143,13 @@ class BTF:
             if self._str(name_off) == member:
                 return value
         raise BTFError(f"enum {enum_name} has no {member}")
+
+    def func_id(self, name: str) -> int:
+        """The type id of a kernel function (what an fentry program is loaded against)."""
+        try:
+            return self._funcs[name]
+        except KeyError:
+            raise BTFError(f"function {name} not in BTF") from None
 
     def sizeof(self, struct_name: str) -> int:
         return self._types[self.struct_id(struct_name)].size_or_type

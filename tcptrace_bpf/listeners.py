@@ -59,9 +59,11 @@ class Listener:
     closed: bool = False
 
 
-def counts_of(c) -> Counts:
-    """struct tcptrace_listen_counts (bcc's ctypes view) as Counts."""
-    return Counts(tuple(c.drops), c.syncookies_sent, c.synack_retransmits, c.passive_opens)
+def counts_of(raw: bytes) -> Counts:
+    """struct tcptrace_listen_counts (a listen_ports value, as wire.LISTEN_COUNTS lays it
+    out) as Counts."""
+    v = wire.LISTEN_COUNTS.unpack_from(raw)
+    return Counts(v[:wire.NDROPS], *v[wire.NDROPS:])
 
 
 def listener_from_dict(d: dict) -> Listener:
@@ -71,19 +73,21 @@ def listener_from_dict(d: dict) -> Listener:
                                              c["synack_retransmits"], c["passive_opens"])})
 
 
-def from_kernel(key: int, v) -> Listener:
-    """struct tcptrace_listener (bcc's ctypes view) as a Listener."""
-    v4 = v.family == socket.AF_INET
-    raw = bytes(v.addr)
-    addr = socket.inet_ntop(socket.AF_INET if v4 else socket.AF_INET6, raw[:4] if v4 else raw)
-    ok = bool(v.snapshot_ok)
+def from_kernel(key: int, raw: bytes) -> Listener:
+    """struct tcptrace_listener (a listen_socks value, as wire.LISTENER lays it out) as a
+    Listener."""
+    (c, cgroup_id, addr, netns, pid, accept_queue, accept_queue_max, syn_queue, _inflight,
+     port, family, closed, snapshot_ok, comm) = wire.LISTENER.unpack_from(raw)
+    v4 = family == socket.AF_INET
+    addr = socket.inet_ntop(socket.AF_INET if v4 else socket.AF_INET6, addr[:4] if v4 else addr)
+    ok = bool(snapshot_ok)
     return Listener(
-        key=key, netns=v.netns, family=4 if v4 else 6, addr=addr, port=v.port,
-        pid=v.pid or None, comm=bytes(v.comm).split(b"\0", 1)[0].decode(errors="replace") or None,
-        cgroup=v.cgroup_id or None, counts=counts_of(v.c),
-        accept_queue=v.accept_queue if ok else None,
-        accept_queue_max=v.accept_queue_max if ok else None,
-        syn_queue=v.syn_queue if ok else None, closed=bool(v.closed))
+        key=key, netns=netns, family=4 if v4 else 6, addr=addr, port=port,
+        pid=pid or None, comm=comm.split(b"\0", 1)[0].decode(errors="replace") or None,
+        cgroup=cgroup_id or None, counts=counts_of(c),
+        accept_queue=accept_queue if ok else None,
+        accept_queue_max=accept_queue_max if ok else None,
+        syn_queue=syn_queue if ok else None, closed=bool(closed))
 
 
 @dataclass(slots=True)

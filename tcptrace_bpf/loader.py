@@ -1,14 +1,30 @@
-"""The only module that imports bcc: builds cflags, picks a backend by trial load, attaches,
-polls the ring buffer and reads the kernel-side loss counters."""
+"""The only module that imports bcc, and only in a short-lived loading process: that process
+builds the cflags, picks a backend by trial load, compiles, loads and attaches, then hands the
+file descriptors of the maps, programs and attachments to the process that started it and
+exits. The resident process (BpfPrograms) keeps those descriptors, which keep the programs
+attached, and reads the maps through bpf(2) (bpfsys.Map) and the ring buffer from its memory
+map (ringbuf): bcc's LLVM and the parsed BTF never enter it, so it stays small.
+
+    BpfPrograms.start()  --spawns-->  python -c ... _loading_process(fd)
+      (attach, Settings)  --socketpair-->  bcc: compile, trial-load, attach
+      BpfPrograms(fds)    <--SCM_RIGHTS--  Capabilities; map, program and attachment fds;
+                                           the layouts bcc compiled; then os._exit
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import mmap
+import functools
+import json
 import os
-import time
+import pickle
 import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
@@ -16,10 +32,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import bpfsys, wire
+from .bpfsys import U32, U64
 from .btf import BTF, BTFError, VMLINUX_BTF
 from .listeners import Counts, Listener, counts_of, from_kernel
-from .ringbuf import RingReader
 from .model import OpenPath, Outcome
+from .ringbuf import LibbpfRing, RingReader
 from .summary import KERNEL_STATS, LossReason
 from .tracker import Match
 
@@ -111,6 +128,13 @@ def attach_second(bpf, tp: str, fn_name: str) -> None:
     if fd < 0:
         raise Exception(f"Failed to attach {fn_name} to raw tracepoint {tp}")
     bpf.raw_tracepoint_fds[second_key(tp)] = fd
+# where the cheap fentry trial (bpfsys.fentry_trial) attaches: a function the backend hooks
+FENTRY_TRIAL_FUNCTION = "tcp_set_state"
+# the maps the resident process reads (the agg_ ones exist in export mode only)
+MAPS = ("events", "opens", "stats", "listeners", "listen_socks", "listen_ports",
+        "agg_handshakes", "agg_rtx", "agg_duration", "agg_flagged")
+INGRESS = "cgroup_skb:tt_listen_ingress"  # the listener side's link, in BpfPrograms.attachments
+SNAPSHOT = "tt_listener_snapshot"          # the queue snapshot program, run by fd
 
 
 class LoaderError(Exception):
@@ -198,11 +222,12 @@ def offset_cflags(btf_path: Path = VMLINUX_BTF) -> tuple[list[str], str]:
     """-D flags with every struct offset: from BTF, or without BTF the offsetof() the kernel
     headers give (optional fields then stay absent: the headers may lack them)."""
     if not btf_path.exists():
-        return ([f"-D{name}=offsetof(struct {s}, {m})" for name, (s, m) in OFFSETS.items()]
+        return (["-DTT_STRUCTS_FROM_HEADERS"]
+                + [f"-D{name}=offsetof(struct {s}, {m})" for name, (s, m) in OFFSETS.items()]
                 + [f"-D{name}={m}" for name, (_, m) in ENUMS.items()],
                 "kernel headers (no BTF)")
     try:
-        btf = BTF.from_file(btf_path)
+        btf = _btf(btf_path)
         flags = [f"-D{name}={btf.offsetof(s, m)}" for name, (s, m) in OFFSETS.items()]
         for name, (e, m) in ENUMS.items():
             try:
@@ -258,6 +283,24 @@ def cflags(backend: Backend, settings: Settings, offsets: list[str]) -> list[str
     return flags
 
 
+@functools.lru_cache(maxsize=2)
+def _btf(path: Path) -> BTF:
+    """Parsed once per loading process: the offsets and the fentry trial both read it."""
+    return BTF.from_file(path)
+
+
+def _fentry_refused() -> Optional[str]:
+    """Why the kernel takes no fentry program, or None: a two-instruction program loaded and
+    attached at FENTRY_TRIAL_FUNCTION, in place of seconds of compiling the real ones for a
+    kernel that then refuses them."""
+    if not VMLINUX_BTF.exists():
+        return "kernel has no BTF (fentry programs need it)"
+    try:
+        return bpfsys.fentry_trial(_btf(VMLINUX_BTF).func_id(FENTRY_TRIAL_FUNCTION))
+    except (BTFError, OSError) as exc:
+        return first_line(exc)
+
+
 def _kprobes_possible() -> Optional[str]:
     """Why kprobes cannot attach at all, or None. The kernel's own interfaces, not bcc's flags."""
     # os.path.exists: a tracefs this user may not search reads as absent, not a traceback
@@ -293,118 +336,105 @@ def first_line(exc: BaseException) -> str:
 
 
 class BpfPrograms:
-    """A loaded and attached set of programs. Use as a context manager."""
+    """A loaded and attached set of programs, held by file descriptor: `maps` (bpfsys.Map by
+    name), `programs` (program fds by function name), `attachments` (fds that keep a program
+    attached: closing one detaches it; names as "tracepoint:sock:inet_sock_set_state",
+    "raw_tracepoint:tcp_destroy_sock", "kprobe:tcp_set_state", "fentry:<function>", INGRESS).
+    No bcc here. Use as a context manager."""
 
-    def __init__(self, bpf, caps: Capabilities, ring_size: int):
-        self.bpf, self.caps, self.ring_size = bpf, caps, ring_size
+    def __init__(self, caps: Capabilities, maps: dict[str, bpfsys.Map], programs: dict[str, int],
+                 attachments: dict[str, int], layouts: Optional[dict] = None):
+        self.caps, self.maps, self.programs, self.attachments = caps, maps, programs, attachments
+        # struct name -> (size, [(field, offset, size)]) as bcc compiled it, for the tests
+        self.layouts = layouts or {}
+        self.ring_size = maps["events"].max_entries  # a ring buffer's size is its max_entries
         self._ring = None
-        self.records_read = 0       # records taken from the ring buffer (RingReader only)
+        self.records_read = 0       # records taken from the ring buffer
         self.half_open_expired = 0  # table entries dropped by expire_half_open()
-        self._ingress_link = -1     # the cgroup_skb link: closing it detaches
-        self._snapshot_fd = -1
-
-    def _attach_listener_side(self, bcc) -> str:
-        """The listener-side programs beyond the autoloaded tracepoints: cgroup_skb ingress
-        at the cgroup v2 root (every socket of every namespace below it) as a link, and the
-        queue snapshot program. Returns where, for Capabilities.listener_side; a failure
-        leaves the rest of the tracer working and says why."""
-        try:
-            root = bpfsys.cgroup2_root()
-            ingress = self.bpf.load_func(b"tt_listen_ingress", bcc.BPF.CGROUP_SKB)
-            self._snapshot_fd = self.bpf.load_func(b"tt_listener_snapshot",
-                                                   bcc.BPF.RAW_TRACEPOINT).fd
-            self._ingress_link = bpfsys.link_cgroup(ingress.fd, root)
-        except Exception as exc:  # bcc raises bare Exception for a refused load
-            return f"off ({first_line(exc)})"
-        return f"cgroup_skb ingress at {root}"
 
     @property
     def listener_side(self) -> bool:
-        return self._ingress_link >= 0
+        return INGRESS in self.attachments
 
     def listeners(self) -> list[Listener]:
         """Every tracked listener, its queue figures read now (the snapshot program, run
         once per listener)."""
-        table, out = self.bpf["listen_socks"], []
+        table, out = self.maps["listen_socks"], []
+        snapshot = self.programs.get(SNAPSHOT, -1)
         for key in list(table.keys()):
-            if self._snapshot_fd >= 0:
-                bpfsys.run_raw_tp(self._snapshot_fd, key.value)
-            try:
-                out.append(from_kernel(key.value, table[key]))
-            except KeyError:
-                pass  # deleted meanwhile: a new listener at the address, seen next time
+            addr = U64.unpack(key)[0]
+            if snapshot >= 0:
+                bpfsys.run_raw_tp(snapshot, addr)
+            value = table.lookup(key)
+            if value is not None:  # else deleted meanwhile: a new listener there, seen next time
+                out.append(from_kernel(addr, value))
         return out
 
     def forget_listener(self, addr: int) -> None:
-        with contextlib.suppress(KeyError):
-            del self.bpf["listen_socks"][ctypes.c_uint64(addr)]
+        self.maps["listen_socks"].delete(U64.pack(addr))
 
     def listen_ports(self) -> dict[int, Counts]:
         """Per local port counters; port 0: ports the map had no room for."""
-        return {k.value: counts_of(v) for k, v in self.bpf["listen_ports"].items()}
+        return {U32.unpack(k)[0]: counts_of(v) for k, v in self.maps["listen_ports"].items()}
 
     @classmethod
     def start(cls, attach: str = "auto", settings: Settings = Settings()) -> "BpfPrograms":
-        bcc = import_bcc()
-        headers = kernel_headers()
-        offsets, offsets_from = offset_cflags()
-        order = AUTO_ORDER if attach == "auto" else (Backend(attach),)
-        trials: list[BackendTrial] = []
-        for backend in order:
-            if backend is Backend.KPROBE and (why := _kprobes_possible()):
-                trials.append(BackendTrial(backend, False, why))
-                continue
-            said = str  # "" if kernel_messages() itself fails
+        """Load and attach in a loading process (_loading_process); keep what it hands over.
+        Its errors arrive here as the LoaderError (NoBackendError) it raised."""
+        answer, fds = _run_loading_process((attach, settings))
+        try:
+            if "error" in answer:
+                trials = answer.get("trials")
+                raise NoBackendError(trials) if trials else LoaderError(answer["error"])
+            names = answer["maps"] + answer["programs"] + answer["attachments"]
+            if len(names) != len(fds):
+                raise LoaderError(f"the loading process handed over {len(fds)} file "
+                                  f"descriptors for {len(names)} objects")
+            given = iter(fds)
+            map_fds = [(n, next(given)) for n in answer["maps"]]
+            programs = {n: next(given) for n in answer["programs"]}
+            attachments = {n: next(given) for n in answer["attachments"]}
+            opened: dict[str, bpfsys.Map] = {}
             try:
-                with kernel_messages() as said:
-                    bpf = _load(bcc, backend, cflags(backend, settings, offsets))
-            except Exception as exc:  # bcc raises bare Exception for compile/load/attach
-                # libbpf's own line ("Failed to load program: Operation not permitted")
-                # says more than bcc's exception ("Need super-user privileges")
-                trials.append(BackendTrial(backend, False, said() or first_line(exc)))
-                continue
-            trials.append(BackendTrial(backend, True))
-            progs = cls(bpf, Capabilities(backend, offsets_from, headers, trials,
-                                          forced=attach != "auto"),
-                        settings.ringbuf_pages * mmap.PAGESIZE)
-            progs.caps.listener_side = progs._attach_listener_side(bcc)
-            return progs
-        raise NoBackendError(trials)
+                for name, fd in map_fds:
+                    opened[name] = bpfsys.Map(fd, name)
+            except OSError as exc:
+                raise LoaderError(f"cannot read the maps handed over: {exc.strerror}") from exc
+            fds = []  # from here on owned by the maps and the tracer
+            return cls(answer["caps"], opened, programs, attachments, answer.get("layouts"))
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def open_ring(self, on_record: Callable[[bytes], None],
-                  on_batch: Optional[Callable[[RingReader], int]] = None) -> None:
-        """on_record per record; on_batch, if given, drains the whole ring at once where the
-        ring is read from its map (x86-64; see RingReader), else on_record is used."""
-        events = self.bpf["events"]
-        if platform.machine() in ("x86_64", "AMD64"):
-            self._ring = RingReader(events.map_fd, self.ring_size, on_record, on_batch)
-            return
-
-        def _cb(_ctx, data, size):
-            self.records_read += 1
-            on_record(ctypes.string_at(data, size))
-        self._ring = _cb  # keep a reference: bcc holds only a C pointer
-        events.open_ring_buffer(_cb)
+                  on_batch: Optional[Callable[[RingReader], int]] = None, consumer=None) -> None:
+        """Hand every record to `on_record` at each poll()/drain(). `consumer`: RingReader
+        (x86-64's default) or LibbpfRing (elsewhere: it has the barriers). `on_batch`, if
+        given, drains a RingReader's whole ring at once instead (fastpath.Batches.drain)."""
+        if consumer is None:
+            consumer = RingReader if platform.machine() in ("x86_64", "AMD64") else LibbpfRing
+        if consumer is RingReader:
+            self._ring = RingReader(self.maps["events"].fd, self.ring_size, on_record, on_batch)
+        else:
+            self._ring = consumer(self.maps["events"].fd, self.ring_size, on_record)
 
     def poll(self, timeout_ms: int) -> None:
         """Wait `timeout_ms`, then take everything in the ring. The programs send no wakeups
         (BPF_RB_NO_WAKEUP), so the wait is a plain sleep and the take is one batch."""
-        if isinstance(self._ring, RingReader):
-            time.sleep(timeout_ms / 1000)
-        else:
-            self.bpf.ring_buffer_poll(timeout_ms)
+        time.sleep(timeout_ms / 1000)
         self.drain()
 
     def drain(self) -> None:
-        if isinstance(self._ring, RingReader):
+        if self._ring is not None:
             self.records_read += self._ring.drain()
-        elif self._ring is not None:
-            self.bpf.ring_buffer_consume()
 
     def kernel_lost(self) -> dict[str, int]:
         """Losses on the kernel side by reason (summary.KERNEL_REASONS, zeros included)."""
-        stats = self.bpf["stats"]
-        lost = {r.value: int(sum(stats[ctypes.c_int(i)])) for i, r in enumerate(KERNEL_STATS)}
+        stats = self.maps["stats"]
+        lost = {}
+        for i, r in enumerate(KERNEL_STATS):
+            value = stats.lookup(U32.pack(i))
+            lost[r.value] = _cpu_sum(stats, value) if value is not None else 0
         lost[LossReason.HALF_OPEN_EXPIRED.value] = self.half_open_expired
         return lost
 
@@ -413,10 +443,10 @@ class BpfPrograms:
         wire.duration_index; "rtx" is SYNs per path, then SYN-ACKs)."""
         out = {}
         for name in ("handshakes", "rtx", "duration", "flagged"):
-            table = self.bpf[f"agg_{name}"]
-            values = [0] * len(table)
+            table = self.maps[f"agg_{name}"]
+            values = [0] * table.max_entries
             for key, per_cpu in table.items():
-                values[key.value] = sum(per_cpu)
+                values[U32.unpack(key)[0]] = _cpu_sum(table, per_cpu)
             out[name] = values
         return out
 
@@ -424,8 +454,9 @@ class BpfPrograms:
         """Opens the kernel resolved and the filters kept, by path and outcome (both
         families), summed over CPUs: exact whatever the ring buffer dropped. Only those seen."""
         per_index = [0] * (len(wire.AGG_PATHS) * len(wire.AGG_OUTCOMES) * len(wire.AGG_FAMILIES))
-        for key, per_cpu in self.bpf["agg_handshakes"].items():
-            per_index[key.value] = sum(per_cpu)
+        table = self.maps["agg_handshakes"]
+        for key, per_cpu in table.items():
+            per_index[U32.unpack(key)[0]] = _cpu_sum(table, per_cpu)
         out = {}
         for p, path in enumerate(OpenPath):
             for o, outcome in enumerate(Outcome):
@@ -436,68 +467,221 @@ class BpfPrograms:
         return out
 
     def tracked_sockets(self) -> int:
-        return sum(1 for _ in self.bpf["opens"].keys())
+        return len(self.maps["opens"])
 
     def expire_half_open(self, older_than_ns: int) -> int:
         """Drop table entries with no activity since `older_than_ns` (monotonic): opens whose
         end no hook saw. Returns how many went, for the caller to count."""
-        table, gone = self.bpf["opens"], 0
-        for key, rec in list(table.items()):
-            if rec.ts_ns < older_than_ns:
-                try:
-                    del table[key]
-                    gone += 1
-                except KeyError:
-                    pass  # resolved in the kernel meanwhile
+        table = self.maps["opens"]
+        stale = [key for key, rec in table.items()
+                 if U64.unpack_from(rec, _RECORD_TS)[0] < older_than_ns]
+        gone = sum(1 for key in stale if table.delete(key))  # else resolved meanwhile
         self.half_open_expired += gone
         return gone
 
     def seed_listeners(self, owners) -> int:
         """Owners of listeners that predate tracing (procfs.listener_owners()), so their
         passive opens are attributed too; listen() calls from now on are seen live."""
-        table = self.bpf["listeners"]
-        n = 0
+        table, n = self.maps["listeners"], 0
         for o in owners:
-            key = table.Key(netns=o.netns, port=o.port)
-            if key in table:
-                continue
-            leaf = table.Leaf(cgroup_id=o.cgroup, pid=o.pid)
-            leaf.comm = o.comm.encode()[:15]
-            table[key] = leaf
-            n += 1
+            key = wire.LISTENER_KEY.pack(o.netns, o.port)
+            leaf = wire.OWNER.pack(o.cgroup or 0, o.pid, o.comm.encode()[:15])
+            n += table.update(key, leaf, bpfsys.BPF_NOEXIST)  # False: known already
         return n
 
-    def compiled_record_type(self):
-        """struct tcptrace_record as bcc compiled it (a ctypes class), for the wire test.
-        bcc's own helper does not know the __uN types, so the fields are mapped here."""
-        import re
-        from bcc.libbcc import lib
-        scalar = {"__u64": ctypes.c_uint64, "__u32": ctypes.c_uint32, "__u16": ctypes.c_uint16,
-                  "__u8": ctypes.c_uint8, "char": ctypes.c_char}
-        fields = []
-        module, name = self.bpf.module, b"events"
-        for i in range(lib.bpf_perf_event_fields(module, name)):
-            fname, ftype = lib.bpf_perf_event_field(module, name, i).decode().split("#", 1)
-            m = re.match(r"(\S+) ?\[(\d+)\]$", ftype)
-            fields.append((fname, scalar[m.group(1)] * int(m.group(2)) if m else scalar[ftype]))
-        return type("tcptrace_record", (ctypes.Structure,), {"_fields_": fields})
-
     def close(self) -> None:
-        if self._ingress_link >= 0:
-            os.close(self._ingress_link)
-            self._ingress_link = -1
-        if isinstance(self._ring, RingReader):
+        for fd in self.attachments.values():  # detaches: first, while the maps are there
+            os.close(fd)
+        self.attachments = {}
+        if self._ring is not None:
             self._ring.close()
             self._ring = None
-        if self.bpf is not None:
-            self.bpf.cleanup()
-            self.bpf = None
+        for fd in self.programs.values():
+            os.close(fd)
+        self.programs = {}
+        for m in self.maps.values():
+            m.close()
+        self.maps = {}
 
     def __enter__(self) -> "BpfPrograms":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_RECORD_TS = wire.field_offsets()["ts_ns"]  # an `opens` entry is a struct tcptrace_record
+
+
+def _cpu_sum(table: bpfsys.Map, value: bytes) -> int:
+    """A per-CPU u64 counter, summed over CPUs."""
+    return sum(U64.unpack_from(value, i * table.stride)[0] for i in range(table.ncpus))
+
+
+# ------------------------------------------------------------------ the loading process
+# Message sizes: the answer is a pickle of a few KiB; SCM_RIGHTS takes at most 253 fds.
+_MAX_MESSAGE, _MAX_FDS = 1 << 20, 253
+_CHILD = ("import sys, json, importlib; sys.path[:] = json.loads(sys.argv[1]); "
+          "importlib.import_module(sys.argv[2])._loading_process(int(sys.argv[3]))")
+
+
+def _run_loading_process(request) -> tuple[dict, list[int]]:
+    """Start the loading process, send it `request`, return its answer and the fds it sent.
+    A new interpreter, not a fork: the caller may have threads (export's HTTP server)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        try:
+            # stdout to stderr: whatever bcc prints must not mix with `trace --json` output
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, json.dumps(sys.path), __name__,
+                 str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=2)
+        except OSError as exc:
+            raise LoaderError(f"cannot start the loading process ({sys.executable}): "
+                              f"{exc.strerror}") from exc
+        finally:
+            theirs.close()
+        try:
+            ours.send(pickle.dumps(request))
+            data, fds, flags, _ = socket.recv_fds(ours, _MAX_MESSAGE, _MAX_FDS)
+        except BaseException:
+            proc.kill()  # a signal or an error here: the half-done load is of no use
+            proc.wait()
+            raise
+        status = proc.wait()
+    if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        for fd in fds:
+            os.close(fd)
+        raise LoaderError("the loading process's answer did not fit its message")
+    if not data:
+        how = (f"killed by {signal.Signals(-status).name}" if status < 0
+               else f"exit status {status}")
+        raise LoaderError(f"the loading process ended ({how}) before it answered")
+    return pickle.loads(data), fds
+
+
+def _loading_process(fd: int) -> None:
+    """The loading process's body: read the request, load and attach, answer with the fds,
+    exit at once. No bcc cleanup runs (os._exit): it would detach what the resident process
+    now holds. Every error reaches the resident process as a message, never a traceback."""
+    # Signals are the resident process's to handle: it ends this one (SIGKILL) if it gives
+    # up, and the kernel does if it dies first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    sock = socket.socket(fileno=fd)
+    fds: list[int] = []
+    try:
+        attach, settings = pickle.loads(sock.recv(_MAX_MESSAGE))
+        answer, fds = _load_and_attach(attach, settings)
+    except NoBackendError as exc:
+        answer = {"error": str(exc), "trials": exc.trials}
+    except LoaderError as exc:
+        answer = {"error": str(exc)}
+    except Exception as exc:  # a bug: still one line for the user
+        answer = {"error": f"loading failed: {type(exc).__name__}: {first_line(exc)}"}
+    try:
+        socket.send_fds(sock, [pickle.dumps(answer)], fds)
+    finally:
+        sys.stdout.flush()
+        os._exit(0)
+
+
+def _load_and_attach(attach: str, settings: Settings) -> tuple[dict, list[int]]:
+    bcc = import_bcc()
+    headers = kernel_headers()
+    offsets, offsets_from = offset_cflags()
+    order = AUTO_ORDER if attach == "auto" else (Backend(attach),)
+    trials: list[BackendTrial] = []
+    for backend in order:
+        why = (_kprobes_possible() if backend is Backend.KPROBE
+               else _fentry_refused() if backend is Backend.FENTRY else None)
+        if why:
+            trials.append(BackendTrial(backend, False, why))
+            continue
+        said = str  # "" if kernel_messages() itself fails
+        try:
+            with kernel_messages() as said:
+                bpf = _load(bcc, backend, cflags(backend, settings, offsets))
+        except Exception as exc:  # bcc raises bare Exception for compile/load/attach
+            # libbpf's own line ("Failed to load program: Operation not permitted")
+            # says more than bcc's exception ("Need super-user privileges")
+            trials.append(BackendTrial(backend, False, said() or first_line(exc)))
+            continue
+        trials.append(BackendTrial(backend, True))
+        caps = Capabilities(backend, offsets_from, headers, trials, forced=attach != "auto")
+        caps.listener_side, link = _attach_listener_side(bcc, bpf)
+        return _handover(bcc, bpf, caps, link)
+    raise NoBackendError(trials)
+
+
+def _attach_listener_side(bcc, bpf) -> tuple[str, int]:
+    """The listener-side programs beyond the autoloaded tracepoints: cgroup_skb ingress at
+    the cgroup v2 root (every socket of every namespace below it) as a link, and the queue
+    snapshot program (loaded: the resident process runs it by fd). Returns where, for
+    Capabilities.listener_side, and the link's fd (-1: off); a failure leaves the rest of
+    the tracer working and says why."""
+    try:
+        root = bpfsys.cgroup2_root()
+        ingress = bpf.load_func(b"tt_listen_ingress", bcc.BPF.CGROUP_SKB)
+        bpf.load_func(SNAPSHOT.encode(), bcc.BPF.RAW_TRACEPOINT)
+        link = bpfsys.link_cgroup(ingress.fd, root)
+    except Exception as exc:  # bcc raises bare Exception for a refused load
+        return f"off ({first_line(exc)})", -1
+    return f"cgroup_skb ingress at {root}", link
+
+
+def _handover(bcc, bpf, caps: Capabilities, link: int) -> tuple[dict, list[int]]:
+    """What the resident process gets: names in the answer, fds in the same order. Every
+    kind of attachment bcc made is an fd whose last close detaches: perf events (tracepoints,
+    and kprobes through the kprobe PMU), raw tracepoint and fentry link fds."""
+    from bcc.libbcc import lib
+    maps = {name: fd for name in MAPS
+            if (fd := lib.bpf_table_fd(bpf.module, name.encode())) >= 0}
+    programs = {name.decode(): fn.fd for name, fn in bpf.funcs.items()}
+    attachments = {f"tracepoint:{tp.decode()}": fd for tp, fd in bpf.tracepoint_fds.items()}
+    attachments.update({f"raw_tracepoint:{tp.decode()}": fd
+                        for tp, fd in bpf.raw_tracepoint_fds.items()})
+    attachments.update({f"fentry:{fn.decode()}": fd for fn, fd in bpf.kfunc_entry_fds.items()})
+    for event, by_fn in bpf.kprobe_fds.items():  # event: b"p_tcp_set_state"
+        attachments.update({f"kprobe:{event.decode()[2:]}": fd for fd in by_fn.values()})
+    if link >= 0:
+        attachments[INGRESS] = link
+    answer = {"caps": caps, "maps": list(maps), "programs": list(programs),
+              "attachments": list(attachments), "layouts": _compiled_layouts(bpf)}
+    return answer, [*maps.values(), *programs.values(), *attachments.values()]
+
+
+def _compiled_layouts(bpf) -> dict[str, tuple[int, list[tuple[str, int, int]]]]:
+    """The structs as bcc compiled them: size and (field, offset, size) of each, for
+    tests/kernel/test_backends.py to hold wire.MAP_LAYOUTS against."""
+    def layout(cls):
+        return ctypes.sizeof(cls), [(n, getattr(cls, n).offset, getattr(cls, n).size)
+                                    for n, *_ in cls._fields_]
+    out = {"tcptrace_record": layout(_record_type(bpf))}
+    for struct_name, table, part in (("tcptrace_listener", "listen_socks", "Leaf"),
+                                     ("tcptrace_listen_counts", "listen_ports", "Leaf"),
+                                     ("tcptrace_listener_key", "listeners", "Key"),
+                                     ("tcptrace_owner", "listeners", "Leaf")):
+        out[struct_name] = layout(getattr(bpf[table], part))
+    return out
+
+
+def _record_type(bpf):
+    """struct tcptrace_record as bcc compiled it (a ctypes class). bcc's own helper does not
+    know the __uN types, so the fields are mapped here."""
+    import re
+    from bcc.libbcc import lib
+    scalar = {"__u64": ctypes.c_uint64, "__u32": ctypes.c_uint32, "__u16": ctypes.c_uint16,
+              "__u8": ctypes.c_uint8, "char": ctypes.c_char}
+    fields = []
+    module, name = bpf.module, b"events"
+    for i in range(lib.bpf_perf_event_fields(module, name)):
+        fname, ftype = lib.bpf_perf_event_field(module, name, i).decode().split("#", 1)
+        m = re.match(r"(\S+) ?\[(\d+)\]$", ftype)
+        fields.append((fname, scalar[m.group(1)] * int(m.group(2)) if m else scalar[ftype]))
+    return type("tcptrace_record", (ctypes.Structure,), {"_fields_": fields})
 
 
 def _load(bcc, backend: Backend, flags: list[str]):
@@ -521,7 +705,8 @@ def _load(bcc, backend: Backend, flags: list[str]):
 
 def verify_kprobe_programs(settings: Settings = Settings()) -> list[str]:
     """Compile the kprobe backend and pass each program through the verifier, unattached.
-    For kernels without kprobes, where attaching is impossible."""
+    For kernels without kprobes, where attaching is impossible. (In this process, with bcc:
+    for checks and tests, not for the resident tracer.)"""
     bcc = import_bcc()
     kernel_headers()
     offsets, _ = offset_cflags()

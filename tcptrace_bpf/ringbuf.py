@@ -11,11 +11,15 @@ padded to 8 bytes.
 
 Plain loads from the map are enough on x86-64, whose loads are not reordered with each other
 (the kernel commits a record by clearing BUSY with release semantics); on other CPUs the
-loader keeps bcc's consumer, which has the barriers."""
+loader uses LibbpfRing: libbpf's own consumer, which has the barriers (it is what bcc's
+ring_buffer_consume calls), through ctypes, so that no bcc (and its LLVM) is in the process."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
+import os
 import struct
 from typing import Callable, Optional
 
@@ -74,3 +78,44 @@ class RingReader:
         self._data.release()
         self._prod.close()
         self._cons.close()
+
+
+class LibbpfRing:
+    """The same interface over libbpf's ring_buffer__consume(): one call back into Python per
+    record, with the memory barriers every CPU needs."""
+
+    _SAMPLE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+    def __init__(self, map_fd: int, size: int, on_record: Callable[[bytes], None]):
+        try:  # libbcc's own dependency, wherever bcc is installed
+            lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+        except OSError:
+            lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so", use_errno=True)
+        self._lib = lib
+        lib.ring_buffer__new.restype = ctypes.c_void_p
+        lib.ring_buffer__new.argtypes = [ctypes.c_int, self._SAMPLE, ctypes.c_void_p,
+                                         ctypes.c_void_p]
+        lib.ring_buffer__consume.restype = ctypes.c_int
+        lib.ring_buffer__consume.argtypes = [ctypes.c_void_p]
+        lib.ring_buffer__free.restype = None
+        lib.ring_buffer__free.argtypes = [ctypes.c_void_p]
+
+        def sample(_ctx, data, length) -> int:
+            on_record(ctypes.string_at(data, length))
+            return 0
+        self._sample = self._SAMPLE(sample)  # referenced here: libbpf holds only a C pointer
+        self._rb = lib.ring_buffer__new(map_fd, self._sample, None, None)
+        if not self._rb:
+            err = ctypes.get_errno()
+            raise OSError(err, f"libbpf ring_buffer__new: {os.strerror(err)}")
+
+    def drain(self) -> int:
+        n = self._lib.ring_buffer__consume(self._rb)
+        if n < 0:
+            raise OSError(-n, f"libbpf ring_buffer__consume: {os.strerror(-n)}")
+        return n
+
+    def close(self) -> None:
+        if self._rb:
+            self._lib.ring_buffer__free(self._rb)
+            self._rb = None

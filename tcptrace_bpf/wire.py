@@ -1,8 +1,9 @@
-"""Python mirror of bpf/tcptrace.h: the ring-buffer record layout, and decode().
+"""Python mirror of bpf/tcptrace.h: the ring-buffer record layout, and decode(); and the
+layouts of the map entries the collector reads (MAP_LAYOUTS).
 
-This is the only Python module that knows the byte layout. tests/test_header_mirror.py checks
+This is the only Python module that knows the byte layouts. tests/test_header_mirror.py checks
 every constant and the field order here against the header's text, and tests/kernel/test_backends.py
-the layout against the struct bcc compiled from it.
+the layouts against the structs bcc compiled from it.
 """
 
 from __future__ import annotations
@@ -175,11 +176,37 @@ def open_flag_names(bits: int) -> tuple[str, ...]:
     return _FLAG_NAMES[bits & ((1 << len(OPEN_FLAGS)) - 1)]
 
 
-def field_offsets() -> dict[str, int]:
-    """Byte offset of every named field, from the format itself (checked against bcc's view)."""
+# Map entries (bpf/tcptrace.h), as the collector reads them by map fd (loader.BpfPrograms):
+# struct tcptrace_listen_counts: drops[TT_NDROPS], syncookies_sent, synack_retransmits,
+# passive_opens (listen_ports' values; the head of struct tcptrace_listener)
+LISTEN_COUNTS = struct.Struct(f"<{NDROPS}QQQQ")
+# struct tcptrace_listener (listen_socks' values; key: the socket's address, a u64)
+LISTENER = struct.Struct(f"<{LISTEN_COUNTS.size}sQ16sIIIIIIHHBB2x{COMM_LEN}s")
+LISTENER_FIELDS = ("c", "cgroup_id", "addr", "netns", "pid", "accept_queue", "accept_queue_max",
+                   "syn_queue", "inflight", "port", "family", "closed", "snapshot_ok", "comm")
+# struct tcptrace_listener_key and struct tcptrace_owner (the listeners map)
+LISTENER_KEY = struct.Struct("<IH2x")
+LISTENER_KEY_FIELDS = ("netns", "port")
+OWNER = struct.Struct(f"<QI{COMM_LEN}s4x")
+OWNER_FIELDS = ("cgroup_id", "pid", "comm")
+# struct name -> (layout, field names): what tests/kernel/test_backends.py compares with bcc
+MAP_LAYOUTS = {
+    "tcptrace_record": (RECORD, FIELDS),
+    "tcptrace_listen_counts": (LISTEN_COUNTS, ("drops", "syncookies_sent", "synack_retransmits",
+                                               "passive_opens")),
+    "tcptrace_listener": (LISTENER, LISTENER_FIELDS),
+    "tcptrace_listener_key": (LISTENER_KEY, LISTENER_KEY_FIELDS),
+    "tcptrace_owner": (OWNER, OWNER_FIELDS),
+}
+
+
+def field_offsets(layout: str = "tcptrace_record") -> dict[str, int]:
+    """Byte offset of every named field of one of MAP_LAYOUTS, from its format itself
+    (checked against bcc's view). An array is one field: drops[3] is "3Q"."""
+    fmt, fields = MAP_LAYOUTS[layout]
     out, offset = {}, 0
-    names = iter(FIELDS)
-    for token in re.findall(r"\d*[a-zA-Z]", _FORMAT[1:]):
+    names = iter(fields)
+    for token in re.findall(r"\d*[a-zA-Z]", fmt.format[1:]):
         if not token.endswith("x"):  # padding has no name
             out[next(names)] = offset
         offset += struct.calcsize("<" + token)

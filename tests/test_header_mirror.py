@@ -52,14 +52,17 @@ def _struct_fields(name: str) -> list[tuple[str, str, int]]:
     return fields
 
 
-def _format_of(fields) -> str:
-    """The struct module's format for a C struct: arrays of bytes as strings, _pad as padding."""
+def _format_of(fields, numeric_arrays: bool = False) -> str:
+    """The struct module's format for a C struct: arrays of bytes as strings, _pad as padding
+    (and, for map entries only, arrays of wider integers as counts of them)."""
     out = "<"
     for ctype, field, n in fields:
-        if not n:
+        if field.startswith("_pad"):
+            out += f"{(n or 1) * struct.calcsize(_SCALARS.get(ctype, 'B'))}x"
+        elif not n:
             out += _SCALARS[ctype]
-        elif field.startswith("_pad"):
-            out += f"{n}x"
+        elif numeric_arrays and ctype not in ("__u8", "char"):
+            out += f"{n}{_SCALARS[ctype]}"
         else:
             assert ctype in ("__u8", "char"), f"{field}: only byte arrays cross the wire"
             out += f"{n}s"
@@ -104,10 +107,23 @@ def test_open_flags_and_drop_reasons():
 
 
 def test_listener_structs_are_what_the_loader_reads():
-    """The collector reads struct tcptrace_listener through bcc's own view of it; every
-    counter of struct tcptrace_listen_counts is one the collector names."""
+    """The collector reads the listener maps' entries by wire's layouts; each is the header's
+    struct field for field, and every counter of struct tcptrace_listen_counts is one the
+    collector names."""
     counts = [f for _, f, _ in _struct_fields("tcptrace_listen_counts")]
     assert counts == ["drops", "syncookies_sent", "synack_retransmits", "passive_opens"]
+    assert wire.MAP_LAYOUTS["tcptrace_listen_counts"][1] == tuple(counts)
+    for name in ("tcptrace_listen_counts", "tcptrace_listener_key", "tcptrace_owner"):
+        fields = _struct_fields(name)
+        layout, names = wire.MAP_LAYOUTS[name]
+        assert layout.format == _format_of(fields, numeric_arrays=True)
+        assert list(names) == [f for _, f, _ in fields if not f.startswith("_pad")]
+    # struct tcptrace_listener begins with a struct tcptrace_listen_counts (`c`), which the
+    # field parser skips: the rest follows it
+    rest = _struct_fields("tcptrace_listener")
+    assert wire.LISTENER.format == (f"<{wire.LISTEN_COUNTS.size}s" + _format_of(rest)[1:])
+    assert list(wire.LISTENER_FIELDS) == ["c"] + [f for _, f, _ in rest if not f.startswith("_pad")]
+    assert "struct tcptrace_listen_counts c;" in HEADER
 
 
 def test_every_probe_has_a_name():
@@ -152,8 +168,11 @@ def test_the_c_reads_only_offsets_the_loader_gives():
 
 
 def test_without_btf_the_offsets_are_the_headers_offsetof(tmp_path):
+    """...which needs the headers' structs: the C includes them only then (with BTF, only
+    constants: parsing net/tcp.h was most of the compile)."""
     flags, source = loader.offset_cflags(tmp_path / "no-btf")
     assert source == "kernel headers (no BTF)"
-    assert flags == [f"-D{name}=offsetof(struct {s}, {m})"
+    assert "#ifdef TT_STRUCTS_FROM_HEADERS" in C_SOURCE
+    assert flags == ["-DTT_STRUCTS_FROM_HEADERS"] + [f"-D{name}=offsetof(struct {s}, {m})"
                      for name, (s, m) in loader.OFFSETS.items()] + [
                      f"-D{name}={m}" for name, (_, m) in loader.ENUMS.items()]

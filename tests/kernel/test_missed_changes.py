@@ -11,13 +11,14 @@ waits while the programs are taken away, then reports what its socket saw."""
 
 import errno
 import json
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tcptrace_bpf import loader, wire
+from tcptrace_bpf import bpfsys, loader, wire
 from tcptrace_bpf.model import OpenPath, Outcome, TcpState
 from tcptrace_bpf.tracker import Classifier
 
@@ -75,14 +76,22 @@ c.close()
 print("{}", flush=True)
 """
 
+# the state-change programs' attachments (BpfPrograms.attachments) -> how to put each back
+# (the second delivery is a second raw tracepoint program: loader.SECOND_DELIVERIES_TRACEPOINT)
+RAW = "raw_tracepoint:inet_sock_set_state"
+AGAIN = "raw_tracepoint:" + loader.second_key("inet_sock_set_state").decode()
+
+
 def _take_away(t):
-    t.bpf.detach_raw_tracepoint(tp=b"inet_sock_set_state")
-    t.bpf.detach_raw_tracepoint(tp=loader.second_key("inet_sock_set_state"))
+    for name in (RAW, AGAIN):
+        os.close(t.attachments.pop(name))
 
 
 def _put_back(t):
-    t.bpf.attach_raw_tracepoint(tp=b"inet_sock_set_state", fn_name=b"raw_tracepoint__inet_sock_set_state")
-    loader.attach_second(t.bpf, "inet_sock_set_state", "tt_again_inet_sock_set_state")
+    t.attachments[RAW] = bpfsys.raw_tracepoint_open(
+        t.programs["raw_tracepoint__inet_sock_set_state"], "inet_sock_set_state")
+    t.attachments[AGAIN] = bpfsys.raw_tracepoint_open(
+        t.programs["tt_again_inet_sock_set_state"], "inet_sock_set_state")
 
 
 @pytest.fixture(scope="module")
