@@ -406,8 +406,8 @@ class BpfPrograms:
             for fd in fds:
                 os.close(fd)
 
-    def open_ring(self, on_record: Callable[[bytes], None],
-                  on_batch: Optional[Callable[[RingReader], int]] = None, consumer=None) -> None:
+    def open_ring(self, on_record: Callable[[bytes], None], consumer=None,
+                  on_batch: Optional[Callable[[RingReader], int]] = None) -> None:
         """Hand every record to `on_record` at each poll()/drain(). `consumer`: RingReader
         (x86-64's default) or LibbpfRing (elsewhere: it has the barriers). `on_batch`, if
         given, drains a RingReader's whole ring at once instead (fastpath.Batches.drain)."""

@@ -101,7 +101,8 @@ def run(opts: Options, sink: Sink, announce: Callable[[str], None],
 
         # `--json`: opens rendered in C a ring's worth at a time (fastpath), the rest as below
         fast = None if raw else fastpath.for_sink(sink, tracker, lambda item: emit(item))
-        tracer.open_ring(record_and_classify if raw else classify, fast and fast.drain)
+        tracer.open_ring(record_and_classify if raw else classify,
+                         on_batch=fast.drain if fast else None)
         seeded = tracer.seed_listeners(procfs.listener_owners())
         started = RunStart(
             backend=tracer.caps.backend.value, epoch_offset=tracker.epoch_offset,
