@@ -90,9 +90,13 @@ def test_installed_tool_checks_from_root(wheel, tmp_path):
 def test_lowest_claimed_python_replays_a_recording(tmp_path, version, python):
     """replay needs neither root nor bcc, so it runs on any Python the claim admits. The
     wheel is that Python's own: it carries a compiled module (tcptrace_bpf._fastpath)."""
-    run([python, *PIP, "wheel", "--no-deps", "-w", tmp_path / "wheel", ROOT])
+    # That Python's pip is its venv's (ensurepip): a distro Python has none of its own
+    # unless python3-pip is installed, and a fresh machine does not have it.
+    bin_ = tmp_path / "venv" / "bin"
+    run([python, "-m", "venv", tmp_path / "venv"])
+    run([bin_ / "python", *PIP, "wheel", "--no-deps", "-w", tmp_path / "wheel", ROOT])
     (wheel,) = (tmp_path / "wheel").glob("tcptrace_bpf-*.whl")
-    bin_ = venv(tmp_path / "venv", python, wheel, system_site=False)
+    run([bin_ / "python", *PIP, "install", wheel])
     run([bin_ / "python", "-c", "import sys; assert sys.version_info[:2] == "
          f"({version.replace('.', ', ')}), sys.version"])
     expect = json.loads((RECORDINGS / "wire1-normal4.expect.json").read_text())["expect"]
