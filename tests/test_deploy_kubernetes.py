@@ -303,11 +303,13 @@ def test_scheduling_and_resources(ds, pod, container):
     res = container["resources"]
     assert {"cpu", "memory"} <= set(res["requests"])
     assert set(res["limits"]) == {"memory"}  # no CPU limit: the start-up compile needs a core
-    # measured in the image under podman (README "Fleet"): RSS 274 MiB, peak 279 MiB; a
-    # request below the steady RSS lets the scheduler overcommit the node, a limit near the
-    # peak gets the exporter OOM-killed at start
-    assert mebibytes(res["requests"]["memory"]) >= 280
-    assert mebibytes(res["limits"]["memory"]) >= 1.5 * 280
+    # measured in the image under podman (README "Fleet"): steady 44 MiB RSS + 20 MiB of BPF
+    # maps, start peak 249 MiB (the short-lived loading process compiles). A request below the
+    # steady use lets the scheduler overcommit the node; one sized for the start peak reserves
+    # LLVM's memory on every node for the exporter's whole life; a limit near the peak gets the
+    # exporter OOM-killed at start
+    assert 64 <= mebibytes(res["requests"]["memory"]) <= 128
+    assert mebibytes(res["limits"]["memory"]) >= 1.5 * 249
 
 
 def test_image_and_version_label_follow_the_release(ds, container):
