@@ -125,7 +125,9 @@ def _head(summ: dict, mach: dict, args) -> list[str]:
             f"{'git ' + mach['git'] if Path(args.tree).resolve() == ROOT else 'tree ' + str(args.tree)}; "
             f"{args.rounds} round(s) x "
             f"{args.duration:g} s windows, churn {args.clients} clients + {args.servers} servers, "
-            f"loadavg before {' '.join(mach['loadavg_before'])}; other processes used at most "
+            f"loadavg before {' '.join(mach['loadavg_before'])}"
+            f"{'; kernel.bpf_stats_enabled was on, off for the run' if mach.get('bpf_stats_enabled_before') else ''}"
+            f"; other processes used at most "
             f"{summ['other_cpu_max']:.0%} of a core in a window ({summ['disturbed_windows']} "
             f"window(s) above 5%: {'machine shared, numbers disturbed' if summ['disturbed_windows'] else 'quiet'})",
             "",

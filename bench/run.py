@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench and tests,
 
 from bench import BUILD, ROOT, log  # noqa: E402
 from bench.collector_alone import run_collector  # noqa: E402
-from bench.host import machine  # noqa: E402
+from bench.host import bpf_stats_off, machine  # noqa: E402
 from bench.profiling import profile  # noqa: E402
 from bench.report import LABELS, summarize, table  # noqa: E402
 from bench.steady import start_times, steady_rss  # noqa: E402
@@ -130,12 +130,15 @@ def main() -> int:
     # depends on the pid, so two runs on one host do not race for the same port
     port = free_port(20000 + os.getpid() % 1000, 32000)
     log(f"workload port {port}; machine {mach}")
-    windows = run_windows(args, exe, port)
-    summ = summarize(windows, args.modes)
-    rss = steady_rss(args, exe, port)
-    start = start_times(args, port)
-    coll = {} if args.no_collector else run_collector(args)
-    prof = profile(args, exe, port) if args.profile else None
+    with bpf_stats_off() as mach["bpf_stats_enabled_before"]:
+        if mach["bpf_stats_enabled_before"]:
+            log("kernel.bpf_stats_enabled was on: off for this run, restored after")
+        windows = run_windows(args, exe, port)
+        summ = summarize(windows, args.modes)
+        rss = steady_rss(args, exe, port)
+        start = start_times(args, port)
+        coll = {} if args.no_collector else run_collector(args)
+        prof = profile(args, exe, port) if args.profile else None
     args.modes = asked  # skipped ones too: their rows say why
     text = table(summ, coll, mach, args, rss, start)
     for m, why in skipped.items():
