@@ -48,8 +48,9 @@
                                     * drop reason (or cookie) is inferred, not observed alone */
 #define TT_STAT_LISTENER_TABLE_FULL 6 /* a listening socket could not be tracked */
 #define TT_STAT_LISTEN_PORT_FULL 7 /* per-port counters full: counted under port 0 ("other") */
-#define TT_STAT_LISTEN_UNCLOSED 8 /* a listener segment's bracket was never closed (its skb
-                                   * freed without consume_skb/kfree_skb): not classified */
+#define TT_STAT_LISTEN_UNCLOSED 8 /* a listener SYN's bracket was never closed (its skb
+                                   * freed without consume_skb/kfree_skb); a drop its queue
+                                   * predicate gives is then inferred (see retire()) */
 #define TT_STAT_MAX           9
 
 /* Export mode (TCPTRACE_AGGREGATE): each resolved open is classified in the kernel and
