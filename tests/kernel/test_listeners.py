@@ -60,7 +60,10 @@ def test_listener_lines_equal_the_namespace_mib(tracer, name):
     sc = run_scenario(name)
     want = oracle(sc["mib"])
     lines = listener_lines(tracer, sc, want)
-    assert totals(lines) == want, (sc["mib"], lines)
+    # on a mismatch, also the namespace's lines of any pid: a listener whose owner was not
+    # recorded (its CLOSE > LISTEN missed) reports under pid 0
+    assert totals(lines) == want, (sc["mib"], lines, "namespace, any pid:",
+                                   [r for r in tracer.listeners if r["netns"] == sc["netns"]])
     for line in lines:
         assert line["type"] == "listener" and line["interval_s"] >= 0
         assert any(line["drops"].values()) or line["syncookies_sent"] or line["synack_retransmits"]
