@@ -130,21 +130,21 @@ def wait_quiet(limit_s: float) -> float:
     return round(time.monotonic() - t0, 1)
 
 
-
 @contextlib.contextmanager
-def bpf_stats_off():
-    """kernel.bpf_stats_enabled off for the run, as it was after. Left on (by a profiler, or
-    this bench's --profile pass if it was killed), it reads the clock twice around every BPF
-    program run: measured here at full churn, 3% of all CPU samples in the guest's pvclock,
-    charged to the traced rows only. Yields what it found (1 = it was on)."""
+def bpf_stats(value: str):
+    """kernel.bpf_stats_enabled set to `value` ("0" or "1") inside, as it was after; yields
+    what it found. Off for measuring: left on (by a profiler, or a --profile pass that was
+    killed), it reads the clock twice around every BPF program run (measured here at full
+    churn: 3% of all CPU samples in the guest's pvclock, charged to the traced rows only).
+    On for the --profile pass, which reads ns per run from it."""
     with open(BPF_STATS) as f:
         old = f.read().strip()
-    if old != "0":
+    if old != value:
         with open(BPF_STATS, "w") as f:
-            f.write("0")
+            f.write(value)
     try:
         yield int(old)
     finally:
-        if old != "0":
+        if old != value:
             with open(BPF_STATS, "w") as f:
                 f.write(old)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench import BUILD, PY, log
 from bench.collector_alone import build_recording, collector_cmd
-from bench.host import CLK_TCK, bpf_progs, cpu_ticks, wait_idle, wait_quiet
+from bench.host import CLK_TCK, bpf_progs, bpf_stats, cpu_ticks, wait_idle, wait_quiet
 from bench.tools import TOOLS
 from bench.workload import churn
 from tests.background import TOOL
@@ -99,10 +99,8 @@ def _profile_window(args, exe, port, spy, tool, before_ids) -> dict:
 def profile(args, exe: Path, port: int) -> dict:
     """One window per tool with BPF run-time stats on and py-spy sampling the tool."""
     spy = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
-    old = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
-    Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
     res = {}
-    try:
+    with bpf_stats("1"):
         for mode in args.modes:
             if args.wait_quiet:
                 wait_quiet(args.wait_quiet)
@@ -127,7 +125,5 @@ def profile(args, exe: Path, port: int) -> dict:
                             "--", *target],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=args.tree)
             res["collector"] = {"py_spy": py_spy_categories(out) if out.exists() else None}
-    finally:
-        Path("/proc/sys/kernel/bpf_stats_enabled").write_text(old)
     return res
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench and tests,
 
 from bench import BUILD, ROOT, log  # noqa: E402
 from bench.collector_alone import run_collector  # noqa: E402
-from bench.host import bpf_stats_off, machine  # noqa: E402
+from bench.host import bpf_stats, machine  # noqa: E402
 from bench.profiling import profile  # noqa: E402
 from bench.report import LABELS, summarize, table  # noqa: E402
 from bench.steady import start_times, steady_rss  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> int:
     # depends on the pid, so two runs on one host do not race for the same port
     port = free_port(20000 + os.getpid() % 1000, 32000)
     log(f"workload port {port}; machine {mach}")
-    with bpf_stats_off() as mach["bpf_stats_enabled_before"]:
+    with bpf_stats("0") as mach["bpf_stats_enabled_before"]:
         if mach["bpf_stats_enabled_before"]:
             log("kernel.bpf_stats_enabled was on: off for this run, restored after")
         windows = run_windows(args, exe, port)

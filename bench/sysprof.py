@@ -2,34 +2,32 @@
 side's time goes, in microseconds per connection, by class of kernel symbol (the table in
 bench/RESULTS.md, "where the kernel side's time goes").
 
-    sudo .venv/bin/python -m bench.sysprof [--seconds 8] [--modes failed,export,trace]
+    sudo .venv/bin/python -m bench.sysprof [--duration 8] [--modes trace-failed,export,trace]
 
-The churn saturates both cores, so CPU per connection is cores / conn/s and a symbol's share of
-`perf record -a -e cpu-clock` samples times that is its microseconds per connection. One window
-per mode: the untraced rate's window-to-window spread (about +-15% here) stays in the
-"everything else" and the irq-off rows, which untraced runs have too; the BPF classes
-(bodies, maps, probe reads, dispatch, clock) are 0 untraced and repeat within about 0.3 us. kernel.bpf_stats_enabled is off
-throughout (bench.host.bpf_stats_off)."""
+The churn saturates both cores, so CPU per connection is cores / conn/s, and a symbol's share
+of `perf record -a -e cpu-clock` samples times that is its microseconds per connection. One
+window per mode: the untraced rate's window-to-window spread (about +-15% here) stays in the
+"everything else" and irq-off rows, which untraced runs have too; the BPF classes (bodies,
+maps, probe reads, dispatch, clock) are 0 untraced and repeat within about 0.3 us.
+kernel.bpf_stats_enabled is off throughout."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.host import bpf_stats_off
-from bench.workload import build_churn
-from tests.background import TOOL
+from bench import ROOT
+from bench.host import bpf_stats
+from bench.tools import TCPTRACE_MODES, TOOLS
+from bench.workload import build_churn, churn
+from tests.background import free_port
 
-MODES = {"failed": ["trace", "--json", "--failed"], "export": ["export", "--listen", "127.0.0.1:19731"],
-         "trace": ["trace", "--json"]}
 CLASSES = [  # first match wins
     ("BPF program bodies", r"^bpf_prog_[0-9a-f]+_"),
     ("hash maps", r"htab|lookup_nulls_elem|pcpu_freelist"),
@@ -42,30 +40,22 @@ CLASSES = [  # first match wins
 ]
 
 
-def window(name: str, tool: list[str] | None, seconds: float, out: Path) -> dict:
-    """perf for `seconds` under churn (the tool, if any, started and ready first)."""
-    proc = None
+def window(args, mode: str | None, exe: Path, port: int, data: Path) -> dict:
+    """perf for one churn window (the tool of `mode`, if any, started and ready first):
+    microseconds per connection by kernel symbol."""
+    tool = TOOLS[mode](args, port) if mode else None
     if tool:
-        err = open(out / f"{name}.err", "w")
-        proc = subprocess.Popen([*TOOL, *tool], stdout=subprocess.DEVNULL, stderr=err)
-        for _ in range(120):  # the ready line: "... tracing, Ctrl-C to stop" / "listening on"
-            text = (out / f"{name}.err").read_text()
-            if "tracing" in text or "listening" in text or proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            raise SystemExit(f"sysprof: {' '.join(tool)} exited: {text.strip()[-300:]}")
-    churn = subprocess.Popen([str(build_churn()), "-d", str(seconds + 2), "-c", "4", "-s", "2",
-                              "-p", str(35000 + os.getpid() % 1000)],
-                             stdout=subprocess.PIPE, text=True)
-    time.sleep(1)
-    data = out / f"{name}.data"
-    subprocess.run(["perf", "record", "-q", "-a", "-e", "cpu-clock", "-F", "499", "-o", str(data),
-                    "--", "sleep", str(seconds)], check=True, capture_output=True)
-    rate = json.loads(churn.communicate()[0])["conn_per_s"]
-    if proc:
-        proc.send_signal(2)
-        proc.wait(timeout=30)
+        tool.start()
+    try:
+        perf = subprocess.Popen(["perf", "record", "-q", "-a", "-e", "cpu-clock", "-F", "499",
+                                 "-o", str(data), "--", "sleep", f"{args.duration:g}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        rate = churn(args, exe, port, args.duration + 1)["conn_per_s"]  # outlasts perf
+        if perf.wait(30):
+            raise SystemExit(f"sysprof: perf record: {perf.stderr.read().strip()[-300:]}")
+    finally:
+        if tool:
+            tool.stop()
     report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "sym",
                              "-q", "--stdio"], capture_output=True, text=True, check=True).stdout
     us = {}
@@ -90,22 +80,27 @@ def classify(base: dict, run: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--modes", default="failed,export,trace", help=f"of {','.join(MODES)}")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds perf samples per mode")
+    ap.add_argument("--modes", default="trace-failed,export,trace",
+                    help=f"of {','.join(TCPTRACE_MODES)}")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
-        if m not in MODES:
-            ap.error(f"unknown mode {m!r} (modes: {', '.join(MODES)})")
+        if m not in TCPTRACE_MODES:
+            ap.error(f"unknown mode {m!r} (modes: {', '.join(TCPTRACE_MODES)})")
     if os.geteuid() != 0:
         print("sysprof: must run as root (perf -a, BPF)", file=sys.stderr)
         return 1
     if not shutil.which("perf"):
         print("sysprof: needs perf (Debian: apt install linux-perf)", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory() as tmp, bpf_stats_off():
-        base = window("untraced", None, args.seconds, Path(tmp))
-        runs = {m: window(m, MODES[m], args.seconds, Path(tmp)) for m in modes}
+    # what bench.tools and bench.workload read (bench/run.py's defaults)
+    args.clients, args.servers, args.tree, args.attach, args.start_timeout = \
+        4, 2, ROOT, "tracepoint", 90.0
+    exe, port = build_churn(), free_port(20000 + os.getpid() % 1000, 32000)
+    with tempfile.TemporaryDirectory() as tmp, bpf_stats("0"):
+        base = window(args, None, exe, port, Path(tmp) / "untraced.data")
+        runs = {m: window(args, m, exe, port, Path(tmp) / f"{m}.data") for m in modes}
     rows = {m: classify(base, r) for m, r in runs.items()}
     print(f"untraced {base['conn_per_s']:,.0f} conn/s = {sum(base['us'].values()):.1f} us/conn; "
           + "; ".join(f"{m} {r['conn_per_s']:,.0f} conn/s" for m, r in runs.items()))
