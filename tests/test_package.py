@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -58,9 +59,12 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
-def venv(where: Path, python: str, wheel: Path, system_site: bool) -> Path:
+def venv(where: Path, python: str, wheel: Optional[Path], system_site: bool) -> Path:
+    """A venv of `python` (its pip is ensurepip's: a distro Python has none of its own unless
+    python3-pip is installed, and a fresh machine does not have it), with `wheel` in it."""
     run([python, "-m", "venv", *(["--system-site-packages"] if system_site else []), where])
-    run([where / "bin" / "python", *PIP, "install", wheel])
+    if wheel:
+        run([where / "bin" / "python", *PIP, "install", wheel])
     return where / "bin"
 
 
@@ -90,10 +94,7 @@ def test_installed_tool_checks_from_root(wheel, tmp_path):
 def test_lowest_claimed_python_replays_a_recording(tmp_path, version, python):
     """replay needs neither root nor bcc, so it runs on any Python the claim admits. The
     wheel is that Python's own: it carries a compiled module (tcptrace_bpf._fastpath)."""
-    # That Python's pip is its venv's (ensurepip): a distro Python has none of its own
-    # unless python3-pip is installed, and a fresh machine does not have it.
-    bin_ = tmp_path / "venv" / "bin"
-    run([python, "-m", "venv", tmp_path / "venv"])
+    bin_ = venv(tmp_path / "venv", python, None, system_site=False)
     run([bin_ / "python", *PIP, "wheel", "--no-deps", "-w", tmp_path / "wheel", ROOT])
     (wheel,) = (tmp_path / "wheel").glob("tcptrace_bpf-*.whl")
     run([bin_ / "python", *PIP, "install", wheel])
